@@ -1,0 +1,35 @@
+"""Token sequence ↔ 2-D grid. Tokens are row-major over the (h, w) grid: index = row·w + col."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_grid(num_tokens: int, grid: tuple[int, int]) -> tuple[int, int]:
+    h, w = int(grid[0]), int(grid[1])
+    if h < 1 or w < 1 or h * w != num_tokens:
+        raise ValueError(f"token grid {h}×{w} does not match {num_tokens} tokens")
+    return h, w
+
+
+def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N, C] → [B, C, h, w]."""
+    h, w = check_grid(x.shape[1], grid)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] → [B, h·w, C]."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, N, H·D] → [B, H, N, D]."""
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, D] → [B, N, H·D]."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)

@@ -1,0 +1,70 @@
+"""Backend registry for attention ops.
+
+An op (``"linear_attention"``, ``"hybrid_joint_attention"``) has one implementation per backend name
+(``"torch"``, later ``"triton"``). ``backend="auto"`` picks the first registered backend, in priority
+order, whose cheap ``supports(*tensors)`` check passes; the torch path supports everything and is the
+fallback. Forcing a backend that is not registered, or that cannot run these inputs, raises an error
+saying why and what to install.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+BACKEND_NAMES = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: Callable
+    priority: int
+    supports: Callable[..., str | None]
+    """Returns None when the backend can run these inputs, else a reason."""
+
+
+_REGISTRY: dict[str, dict[str, Backend]] = {}
+_UNAVAILABLE: dict[str, str] = {}
+
+
+def _always(*args, **kwargs) -> str | None:
+    return None
+
+
+def register_backend(op: str, name: str, fn: Callable, *, priority: int = 0,
+                     supports: Callable[..., str | None] = _always) -> None:
+    """Register ``fn`` as the ``name`` implementation of ``op`` (higher priority wins for "auto")."""
+    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, priority, supports)
+
+
+def mark_unavailable(name: str, reason: str) -> None:
+    """Record why a backend could not be registered (shown when someone forces it)."""
+    _UNAVAILABLE[name] = reason
+
+
+def available_backends(op: str) -> list[str]:
+    return sorted(_REGISTRY.get(op, {}), key=lambda n: -_REGISTRY[op][n].priority)
+
+
+def resolve(op: str, backend: str, *tensors: torch.Tensor, **kwargs) -> Callable:
+    """Return the implementation of ``op`` for ``backend`` given the actual inputs."""
+    impls = _REGISTRY.get(op)
+    if not impls:
+        raise KeyError(f"no implementation registered for op {op!r}")
+    if backend == "auto":
+        for name in available_backends(op):
+            if impls[name].supports(*tensors, **kwargs) is None:
+                return impls[name].fn
+        raise RuntimeError(f"no backend of {op!r} supports these inputs")  # torch supports all
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if backend not in impls:
+        why = _UNAVAILABLE.get(backend, f"backend {backend!r} is not implemented for {op!r}")
+        raise RuntimeError(f"attention backend {backend!r} is unavailable: {why}")
+    reason = impls[backend].supports(*tensors, **kwargs)
+    if reason is not None:
+        raise RuntimeError(f"attention backend {backend!r} cannot run {op!r} here: {reason}")
+    return impls[backend].fn

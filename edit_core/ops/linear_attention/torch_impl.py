@@ -1,0 +1,47 @@
+"""PyTorch linear attention: fp32 state, token-chunked so memory stays linear in N.
+
+    S = Σ_j k_jᵀ v_j  (D×Dv),   z = Σ_j k_j  (D),   y_i = (q_i S) / (q_i·z + eps)
+
+The state and the division are fp32 whatever the input dtype: at 262k tokens a bf16/fp16 sum of
+products overflows or loses all precision. Inputs are converted to fp32 one chunk at a time, so the
+fp32 temporaries are bounded by the chunk, not by N.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_TOKENS = 16384
+
+
+def linear_attention_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k [B, H, M, D], v [B, H, M, Dv] → (S [B, H, D, Dv], z [B, H, D]) in fp32."""
+    state = None
+    normaliser = None
+    for start in range(0, k.shape[-2], CHUNK_TOKENS):
+        k_chunk = k[..., start:start + CHUNK_TOKENS, :].float()
+        v_chunk = v[..., start:start + CHUNK_TOKENS, :].float()
+        s = k_chunk.transpose(-1, -2) @ v_chunk
+        z = k_chunk.sum(-2)
+        state = s if state is None else state + s
+        normaliser = z if normaliser is None else normaliser + z
+    return state, normaliser
+
+
+def linear_attention_apply(q: torch.Tensor, state: torch.Tensor, normaliser: torch.Tensor,
+                           eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """q [B, H, N, D] with the fp32 state → [B, H, N, Dv] in ``out_dtype``."""
+    chunks = []
+    for start in range(0, q.shape[-2], CHUNK_TOKENS):
+        q_chunk = q[..., start:start + CHUNK_TOKENS, :].float()
+        numerator = q_chunk @ state
+        denominator = (q_chunk @ normaliser.unsqueeze(-1)) + eps
+        chunks.append((numerator / denominator).to(out_dtype))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-2)
+
+
+def linear_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    if k.shape[-2] == 0:
+        return torch.zeros(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=q.device)
+    state, normaliser = linear_attention_state(k, v)
+    return linear_attention_apply(q, state, normaliser, eps, v.dtype)
