@@ -7,7 +7,7 @@ import torch
 
 def rel_rmse(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative RMS error, computed in float64."""
-    a, e = actual.double(), expected.double()
+    a, e = actual.detach().double(), expected.detach().double()
     return float((a - e).pow(2).mean().sqrt() / (e.pow(2).mean().sqrt() + 1e-30))
 
 
