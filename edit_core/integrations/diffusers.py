@@ -1,0 +1,328 @@
+"""EDiT / MM-EDiT on diffusers transformers, through attention processors.
+
+``apply_edit(transformer, adapter)`` converts, in place:
+
+- ``PixArtTransformer2DModel``: every converted block's ``attn1`` (self-attention) → EDiT linear
+  compressed attention; ``attn2`` (cross-attention to the caption) stays softmax.
+- ``SD3Transformer2DModel`` (SD3.5-Medium layout): every converted block's joint ``attn`` → the MM-EDiT
+  hybrid (text rows exact softmax, image rows η̂·linear + (1−η̂)·softmax-to-text; the last,
+  ``context_pre_only`` block computes image rows only), and the dual-attention ``attn2`` layers → EDiT.
+
+The teacher's projections stay where diffusers keeps them (``to_q``, ``norm_q``, ``add_q_proj``,
+``to_out.0``, ...); the processors hand them to the variant's attention function as ``Projections``
+and apply the module's own ``to_out`` / ``to_add_out``, so no attention math lives here. Each converted
+Attention gets the adapter's trainable layer as a child module ``edit_adapter`` (so ``.to()``,
+``.parameters()`` and training see it). The token grid (h, w) is recorded from the latent by a forward
+pre-hook on the transformer. ``remove_edit`` restores processors, fine-tuned weights and the hook, after
+which the model computes exactly what it did before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from ..adapter import Adapter, AdapterError, layer_prefix
+from ..families import TeacherSpec, detect_teacher
+from ..modules.functional import Projections
+from ..ops import ETA_MODES
+from ..ops.backends import BACKEND_NAMES
+from ..variants import AttentionVariant, get_variant
+
+ADAPTER_MODULE = "edit_adapter"
+_STATE_ATTR = "_edit_state"
+_FAMILY_CLASSES = {"pixart_sigma": PixArtTransformer2DModel, "sd35_medium": SD3Transformer2DModel}
+
+
+class TokenGrid:
+    """The image token grid of the current forward, shared by one transformer's EDiT processors.
+
+    ``record`` is the transformer's forward pre-hook: it stores the latent's (H, W). ``__call__`` turns it
+    into the (h, w) token grid for a sequence of ``num_tokens`` image tokens: ⌊H/p⌋×⌊W/p⌋ (diffusers'
+    PatchEmbed drops a ragged edge), or ⌈H/p⌉×⌈W/p⌉ for an embedder that pads to the patch size."""
+
+    def __init__(self, patch_size: int):
+        self.patch_size = int(patch_size)
+        self.latent: Optional[tuple[int, int]] = None
+
+    def record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() >= 3:
+            self.latent = (int(hidden_states.shape[-2]), int(hidden_states.shape[-1]))
+
+    def __call__(self, num_tokens: int) -> tuple[int, int]:
+        if self.latent is None:
+            raise RuntimeError("EDiT: the token grid is unknown. Call the transformer itself (its forward pre-hook "
+                               "records the latent size), not one of its attention modules on its own")
+        h, w, p = *self.latent, self.patch_size
+        for grid in ((h // p, w // p), (-(-h // p), -(-w // p))):
+            if grid[0] * grid[1] == num_tokens:
+                return grid
+        raise ValueError(f"EDiT: {num_tokens} image tokens do not fit the latent {h}×{w} with patch size {p}")
+
+
+class EDiTSelfAttentionProcessor:
+    """Processor for a converted image-only self-attention (PixArt ``attn1``, SD3.5 ``attn2``)."""
+
+    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, name: str):
+        self.variant, self.grid, self.backend, self.name = variant, grid, backend, name
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        _reject_mask(attention_mask, self.name)
+        if encoder_hidden_states is not None:
+            raise ValueError(f"EDiT: {self.name} is a converted self-attention but was given encoder_hidden_states")
+        projections = Projections(attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        y = self.variant.self_attention(getattr(attn, ADAPTER_MODULE), hidden_states,
+                                        self.grid(hidden_states.shape[1]), projections, attn.heads,
+                                        backend=self.backend)
+        return attn.to_out[1](attn.to_out[0](y))
+
+
+class MMEDiTJointAttentionProcessor:
+    """Processor for a converted SD3 joint attention; returns what ``JointAttnProcessor2_0`` returns:
+    ``(image_out, text_out)``. In a ``context_pre_only`` block the text rows are not computed and
+    ``text_out`` is None (``JointTransformerBlock`` discards it there). Without encoder_hidden_states it
+    is EDiT self-attention and returns ``image_out`` alone."""
+
+    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, eta: str, name: str):
+        self.variant, self.grid, self.backend, self.eta, self.name = variant, grid, backend, eta, name
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, *args, **kwargs):
+        _reject_mask(attention_mask, self.name)
+        layer = getattr(attn, ADAPTER_MODULE)
+        grid = self.grid(hidden_states.shape[1])
+        image_proj = Projections(attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
+        if encoder_hidden_states is None:
+            y = self.variant.self_attention(layer, hidden_states, grid, image_proj, attn.heads, backend=self.backend)
+            return attn.to_out[1](attn.to_out[0](y))
+        text_proj = Projections(attn.add_q_proj, attn.add_k_proj, attn.add_v_proj, attn.norm_added_q,
+                                attn.norm_added_k)
+        image_rows, text_rows = self.variant.joint_attention(
+            layer, hidden_states, encoder_hidden_states, grid, image_proj, text_proj, attn.heads, eta=self.eta,
+            image_rows_only=bool(attn.context_pre_only), backend=self.backend)
+        image_out = attn.to_out[1](attn.to_out[0](image_rows))
+        if attn.context_pre_only:
+            return image_out, None
+        return image_out, attn.to_add_out(text_rows)
+
+
+def _reject_mask(attention_mask, name: str) -> None:
+    if attention_mask is not None:
+        raise ValueError(f"EDiT: {name} got an attention_mask, but EDiT linear attention has no mask support; "
+                         "run without a mask over image tokens, or remove_edit() first")
+
+
+@dataclass
+class _PatchedLayer:
+    block: int
+    slot: str
+    name: str  # module path inside the transformer, e.g. "transformer_blocks.3.attn1"
+    attention: Attention
+    processor: object  # the original processor, restored by remove_edit
+    backups: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter path → original value (CPU)
+
+
+@dataclass
+class _EDiTState:
+    adapter: Adapter
+    spec: TeacherSpec
+    grid: TokenGrid
+    hook: torch.utils.hooks.RemovableHandle
+    layers: list[_PatchedLayer]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _state(transformer: nn.Module) -> Optional[_EDiTState]:
+    return transformer.__dict__.get(_STATE_ATTR)
+
+
+def _teacher_spec(transformer: nn.Module) -> TeacherSpec:
+    if not isinstance(transformer, tuple(_FAMILY_CLASSES.values())):
+        raise TypeError(f"EDiT supports diffusers PixArtTransformer2DModel and SD3Transformer2DModel, not "
+                        f"{type(transformer).__name__}")
+    keys = {k: v for k, v in transformer.state_dict(keep_vars=True).items() if f".{ADAPTER_MODULE}." not in k}
+    spec = detect_teacher(keys, num_heads=transformer.config.num_attention_heads)
+    if not isinstance(transformer, _FAMILY_CLASSES.get(spec.family, ())):
+        raise TypeError(f"EDiT: a {type(transformer).__name__} whose weights look like {spec.title} is not supported")
+    return spec
+
+
+def _attention_name(spec: TeacherSpec, block: int, slot: str) -> str:
+    if spec.family == "pixart_sigma":
+        return f"transformer_blocks.{block}.attn1"  # the self-attention; attn2 is the caption cross-attention
+    return f"transformer_blocks.{block}.{slot}"
+
+
+def _parameter_path(canonical: str) -> str:
+    """Canonical fine-tune name → the Attention's parameter path ("to_out.weight" → "to_out.0.weight")."""
+    name, part = canonical.split(".", 1)
+    return f"to_out.0.{part}" if name == "to_out" else canonical
+
+
+def _check_attention(attention, name: str, joint: bool) -> list[str]:
+    if not isinstance(attention, Attention):
+        return [f"{name} is {type(attention).__name__}, not a diffusers Attention"]
+    problems = []
+    for attr in ("spatial_norm", "group_norm"):
+        if getattr(attention, attr, None) is not None:
+            problems.append(f"{name} uses {attr}, which EDiT does not support")
+    if getattr(attention, "residual_connection", False) or getattr(attention, "rescale_output_factor", 1.0) != 1.0:
+        problems.append(f"{name} uses a residual connection or output rescale, which EDiT does not support")
+    if joint and getattr(attention, "add_q_proj", None) is None:
+        problems.append(f"{name} has no text-stream projections (add_q_proj); it is not a joint attention")
+    return problems
+
+
+def _plan_finetuned(adapter: Adapter, attention: Attention, block: int, slot: str, name: str,
+                    problems: list[str]) -> dict[str, torch.Tensor]:
+    """Parameter path → fine-tuned tensor, checked against the attention's parameters (nothing copied yet)."""
+    plan = {}
+    for canonical, tensor in adapter.finetuned(block, slot).items():
+        path = _parameter_path(canonical)
+        try:
+            param = attention.get_parameter(path)
+        except AttributeError:
+            problems.append(f"fine-tuned tensor {layer_prefix(block, slot)}{canonical} has no place in {name} "
+                            f"(no parameter {path})")
+            continue
+        if tuple(param.shape) != tuple(tensor.shape):
+            problems.append(f"fine-tuned tensor {layer_prefix(block, slot)}{canonical} has shape {list(tensor.shape)}, "
+                            f"{name}.{path} has {list(param.shape)}")
+            continue
+        plan[path] = tensor
+    return plan
+
+
+def _layers_to_convert(adapter: Adapter, spec: TeacherSpec, convert_attn2) -> list[tuple[int, str]]:
+    layers = [(b, "attn") for b in adapter.config.converted_blocks]
+    if convert_attn2 is False or not spec.attn2_blocks:
+        return layers
+    if convert_attn2 is True:
+        missing = sorted(set(spec.attn2_blocks) - set(adapter.config.attn2_blocks))
+        if missing:
+            raise AdapterError(adapter.source, [f"convert_attn2=True, but it has no attn2 layers for blocks {missing} "
+                                                "(it was made with attn2 left as softmax)"])
+    elif convert_attn2 is not None:
+        raise TypeError(f"convert_attn2 must be None, True or False, got {convert_attn2!r}")
+    return layers + [(b, "attn2") for b in adapter.config.attn2_blocks]
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto", eta: Optional[str] = None,
+               convert_attn2: Optional[bool] = None) -> nn.Module:
+    """Convert ``transformer``'s attention to the adapter's variant, in place; returns it.
+
+    ``eta``: "approx" | "exact" for MM-EDiT joint attention (None: the adapter's). ``convert_attn2``: None
+    converts exactly the adapter's attn2 layers, False leaves every SD3.5 ``attn2`` softmax, True also
+    requires the adapter to cover all of them. An already patched transformer is first restored. Raises
+    AdapterError when the adapter does not fit the model; nothing is changed then."""
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    eta = adapter.config.eta if eta is None else eta
+    if eta not in ETA_MODES:
+        raise ValueError(f"eta must be one of {ETA_MODES}, got {eta!r}")
+    spec = _teacher_spec(transformer)
+    adapter.check_compatible(spec)
+    variant = get_variant(adapter.config.variant)
+    joint = spec.family == "sd35_medium"
+    if joint and variant.joint_attention is None:
+        raise AdapterError(adapter.source, [f"its variant {variant.name!r} has no joint attention, so it cannot "
+                                            f"convert {spec.title}'s MMDiT blocks"])
+    grid = TokenGrid(transformer.config.patch_size)
+
+    planned, problems = [], []
+    for block, slot in _layers_to_convert(adapter, spec, convert_attn2):
+        name = _attention_name(spec, block, slot)
+        try:
+            attention = transformer.get_submodule(name)
+        except AttributeError:
+            problems.append(f"this model has no {name}")
+            continue
+        is_joint = joint and slot == "attn"
+        layer_problems = _check_attention(attention, name, is_joint)
+        if layer_problems:
+            problems += layer_problems
+            continue
+        finetuned = _plan_finetuned(adapter, attention, block, slot, name, problems)
+        if is_joint:
+            processor = MMEDiTJointAttentionProcessor(variant, grid, backend, eta, name)
+        else:
+            processor = EDiTSelfAttentionProcessor(variant, grid, backend, name)
+        weight = attention.to_q.weight
+        module = adapter.build_layer(block, slot, dtype=weight.dtype, device=weight.device)
+        planned.append((block, slot, name, attention, processor, module, finetuned))
+    if problems:
+        raise AdapterError(adapter.source, problems)
+
+    remove_edit(transformer)
+    patched = []
+    for block, slot, name, attention, processor, module, finetuned in planned:
+        layer = _PatchedLayer(block, slot, name, attention, attention.processor)
+        with torch.no_grad():
+            for path, tensor in finetuned.items():
+                param = attention.get_parameter(path)
+                layer.backups[path] = param.detach().to("cpu", copy=True)
+                param.copy_(tensor.to(dtype=param.dtype, device=param.device))
+        attention.add_module(ADAPTER_MODULE, module)
+        attention.set_processor(processor)
+        patched.append(layer)
+    hook = transformer.register_forward_pre_hook(grid.record, with_kwargs=True)
+    transformer.__dict__[_STATE_ATTR] = _EDiTState(adapter, spec, grid, hook, patched)
+    return transformer
+
+
+def remove_edit(transformer: nn.Module) -> nn.Module:
+    """Undo ``apply_edit``: original processors and weights back, ``edit_adapter`` children and the hook gone.
+    A transformer that is not patched is returned unchanged."""
+    state = _state(transformer)
+    if state is None:
+        return transformer
+    with torch.no_grad():
+        for layer in state.layers:
+            for path, original in layer.backups.items():
+                param = layer.attention.get_parameter(path)
+                param.copy_(original.to(dtype=param.dtype, device=param.device))
+            if ADAPTER_MODULE in layer.attention._modules:
+                delattr(layer.attention, ADAPTER_MODULE)
+            layer.attention.set_processor(layer.processor)
+    state.hook.remove()
+    del transformer.__dict__[_STATE_ATTR]
+    return transformer
+
+
+def is_edit_applied(transformer: nn.Module) -> bool:
+    return _state(transformer) is not None
+
+
+def _patched_state(transformer: nn.Module) -> _EDiTState:
+    state = _state(transformer)
+    if state is None:
+        raise ValueError(f"this {type(transformer).__name__} has no EDiT attention; call apply_edit first")
+    return state
+
+
+def edit_parameters(transformer: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters of every ``edit_adapter`` (not the teacher's own projections)."""
+    return [p for layer in _patched_state(transformer).layers
+            for p in getattr(layer.attention, ADAPTER_MODULE).parameters()]
+
+
+def edit_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """The live adapter tensors under canonical adapter keys (``blocks.{i}.{slot}.conv_fusion...``),
+    e.g. to save an adapter after training; fine-tuned teacher tensors are not included."""
+    return {layer_prefix(layer.block, layer.slot) + key: value
+            for layer in _patched_state(transformer).layers
+            for key, value in getattr(layer.attention, ADAPTER_MODULE).state_dict().items()}
+
+
+__all__ = ["apply_edit", "remove_edit", "is_edit_applied", "edit_parameters", "edit_state_dict",
+           "EDiTSelfAttentionProcessor", "MMEDiTJointAttentionProcessor", "TokenGrid", "ADAPTER_MODULE"]
