@@ -2,9 +2,10 @@
 
 An op (``"linear_attention"``, ``"hybrid_joint_attention"``) has one implementation per backend name
 (``"torch"``, later ``"triton"``). ``backend="auto"`` picks the first registered backend, in priority
-order, whose cheap ``supports(*tensors)`` check passes; the torch path supports everything and is the
-fallback. Forcing a backend that is not registered, or that cannot run these inputs, raises an error
-saying why and what to install.
+order, whose cheap ``auto_ok(*tensors)`` check passes (``supports`` unless given: a backend that can be
+forced where it should not be the default, like Triton's CPU interpreter, sets both); the torch path
+supports everything and is the fallback. Forcing a backend that is not registered, or that cannot run
+these inputs, raises an error saying why and what to install.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ class Backend:
     priority: int
     supports: Callable[..., str | None]
     """Returns None when the backend can run these inputs, else a reason."""
+    auto_ok: Callable[..., str | None] | None = None
+    """Returns None when ``"auto"`` may pick the backend for these inputs; defaults to ``supports``."""
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
 _UNAVAILABLE: dict[str, str] = {}
+_AUTO_DISABLED: dict[tuple[str, str], str] = {}
 
 
 def _always(*args, **kwargs) -> str | None:
@@ -35,14 +39,20 @@ def _always(*args, **kwargs) -> str | None:
 
 
 def register_backend(op: str, name: str, fn: Callable, *, priority: int = 0,
-                     supports: Callable[..., str | None] = _always) -> None:
+                     supports: Callable[..., str | None] = _always,
+                     auto_ok: Callable[..., str | None] | None = None) -> None:
     """Register ``fn`` as the ``name`` implementation of ``op`` (higher priority wins for "auto")."""
-    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, priority, supports)
+    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, priority, supports, auto_ok)
 
 
 def mark_unavailable(name: str, reason: str) -> None:
     """Record why a backend could not be registered (shown when someone forces it)."""
     _UNAVAILABLE[name] = reason
+
+
+def disable_for_auto(op: str, name: str, reason: str) -> None:
+    """Stop ``"auto"`` from picking ``name`` for ``op`` in this process (it failed at run time)."""
+    _AUTO_DISABLED[(op, name)] = reason
 
 
 def available_backends(op: str) -> list[str]:
@@ -56,7 +66,10 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor, **kwargs) -> Callable
         raise KeyError(f"no implementation registered for op {op!r}")
     if backend == "auto":
         for name in available_backends(op):
-            if impls[name].supports(*tensors, **kwargs) is None:
+            if (op, name) in _AUTO_DISABLED:
+                continue
+            check = impls[name].auto_ok or impls[name].supports
+            if check(*tensors, **kwargs) is None:
                 return impls[name].fn
         raise RuntimeError(f"no backend of {op!r} supports these inputs")  # torch supports all
     if backend not in BACKEND_NAMES:

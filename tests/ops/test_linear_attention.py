@@ -111,3 +111,23 @@ def test_memory_is_linear_at_8k_image_tokens():
     idx = torch.randint(0, n, (64,))
     ref = naive_linear_attention(q[:, :, idx], k, v)  # 64 rows of the exact answer
     assert rel_rmse(out[:, :, idx], ref) <= 1e-2
+
+
+def test_auto_falls_back_to_torch_when_a_fast_backend_fails(monkeypatch, caplog):
+    calls = []
+
+    def broken(q, k, v, eps):
+        calls.append(1)
+        raise RuntimeError("kernel failed to compile")
+
+    monkeypatch.setitem(backends._REGISTRY, "linear_attention", dict(backends._REGISTRY["linear_attention"]))
+    monkeypatch.setattr(backends, "_AUTO_DISABLED", {})
+    backends.register_backend("linear_attention", "triton", broken, priority=99)
+    q, k, v = _inputs(1, 1, 5, 3, 4, 4)
+    out = linear_attention(q, k, v)
+    assert rel_rmse(out, naive_linear_attention(q, k, v)) <= 1e-5
+    assert "failed" in caplog.text
+    linear_attention(q, k, v)
+    assert calls == [1]  # disabled for auto after the first failure
+    with pytest.raises(RuntimeError, match="compile"):
+        linear_attention(q, k, v, backend="triton")  # forcing it still surfaces the error
