@@ -197,12 +197,14 @@ def _read_header(path: str) -> tuple[dict, dict]:
     """Parse the safetensors header ourselves so every kind of bad file gets a precise message."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = f.read(9)  # the little-endian header length may start with 0x80; its JSON starts at byte 8
+        if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
             raise AdapterError(path, ["this is a pickle / PyTorch checkpoint (.pt/.ckpt/.bin); only safetensors "
                                       "adapters are loaded, never unpickled"])
         if len(head) < 8:
             raise AdapterError(path, [f"not a safetensors file (only {size} bytes)"])
+        head = head[:8]
+        f.seek(8)
         (header_len,) = struct.unpack("<Q", head)
         if header_len > 100_000_000 or header_len > size - 8:
             if header_len <= 100_000_000:

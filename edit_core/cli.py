@@ -1,0 +1,384 @@
+"""Command line: ``python -m edit_core {init-adapter,inspect,bench,demo}``.
+
+``main(argv)`` returns the exit code: 0 success, 1 a failed check (the demo's restore or finiteness
+check), 2 a user mistake (bad arguments, a missing or unreadable file, an unsupported model), reported as
+an ``error:`` message on stderr without a traceback. Anything else is a bug and keeps its traceback. Teacher checkpoints are read as safetensors only, never unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shlex
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+EXIT_OK, EXIT_USER_ERROR = 0, 2
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class CommandError(Exception):
+    """A user mistake: printed as one ``error:`` line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- teachers
+
+def _check_safetensors(path: str) -> None:
+    """A safetensors file is an 8-byte little-endian header length, then a JSON header starting with "{"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise CommandError(f"'{path}' is a pickle / PyTorch checkpoint (.pt/.ckpt/.bin); only .safetensors files are "
+                           "read, never unpickled (convert it to safetensors first)")
+    raise CommandError(f"'{path}' is not a safetensors file (no safetensors header)")
+
+
+def _read_shapes(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor of a safetensors file as a meta tensor (shape and dtype, no data), and its metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    _check_safetensors(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            shapes = {}
+            for key in f.keys():
+                piece = f.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32)
+                shapes[key] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
+            return shapes, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CommandError(f"'{path}' is not a readable safetensors file ({e})") from None
+
+
+def _model_directory(path: str) -> tuple[list[str], dict]:
+    """The weight files and config of a diffusers model folder (or a pipeline folder's ``transformer/``)."""
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "transformer")):
+        path = os.path.join(path, "transformer")
+    config = {}
+    config_path = os.path.join(path, "config.json")
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path) as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CommandError(f"'{config_path}' is not valid JSON ({e})") from None
+    index = os.path.join(path, "diffusion_pytorch_model.safetensors.index.json")
+    single = os.path.join(path, "diffusion_pytorch_model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CommandError(f"'{index}' is not a safetensors index ({e})") from None
+        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise CommandError(f"'{path}': shard {os.path.basename(missing[0])} named in the index is missing")
+        return files, config
+    if os.path.isfile(single):
+        return [single], config
+    others = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if others:
+        return others, config
+    pickles = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
+    hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
+    raise CommandError(f"'{path}' has no diffusion_pytorch_model*.safetensors weights{hint}")
+
+
+def read_teacher(path: str) -> tuple[dict[str, torch.Tensor], Optional[int]]:
+    """Teacher tensor shapes (meta tensors) from a safetensors file or a diffusers model folder, and the head
+    count if the folder's config.json gives it."""
+    if not os.path.exists(path):
+        raise CommandError(f"teacher '{path}' does not exist")
+    if os.path.isdir(path):
+        files, config = _model_directory(path)
+        heads = config.get("num_attention_heads")
+    else:
+        files, heads = [path], None
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        shapes, metadata = _read_shapes(file)
+        state.update(shapes)
+        if heads is None and "pixart_num_heads" in metadata:  # written by some tiny-model tools
+            heads = metadata["pixart_num_heads"]
+    try:
+        heads = int(heads) if heads is not None else None
+    except (TypeError, ValueError):
+        heads = None
+    return state, heads
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def _check_output(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise CommandError(f"output '{path}' is a folder; give a file name such as {os.path.join(path, 'edit.safetensors')}")
+    if not os.path.isdir(directory):
+        raise CommandError(f"cannot write '{path}': the folder {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CommandError(f"cannot write '{path}': permission denied")
+
+
+def cmd_init_adapter(args: argparse.Namespace) -> int:
+    from .adapter import (
+        adapter_summary,
+        init_adapter_from_teacher,
+        load_adapter,
+        save_adapter,
+    )
+    from .families import FAMILY_TITLES
+
+    _check_output(args.out)
+    state, config_heads = read_teacher(args.teacher)
+    heads = args.heads or config_heads
+    family = {"pixart": "pixart_sigma", "sd35": "sd35_medium"}.get(args.family, args.family)
+    try:
+        adapter = init_adapter_from_teacher(state, family, reduction=args.reduction, num_heads=heads,
+                                            convert_attn2=not args.no_attn2, eta=args.eta, seed=args.seed)
+    except ValueError as e:  # FamilyError is a ValueError; so are bad reductions
+        raise CommandError(f"'{args.teacher}': {e}") from None
+    if any(t.is_meta for t in adapter.tensors.values()):  # the adapter copied teacher tensors: read them for real
+        from safetensors.torch import load_file
+        files = _model_directory(args.teacher)[0] if os.path.isdir(args.teacher) else [args.teacher]
+        state = {k: v for f in files for k, v in load_file(f).items()}
+        adapter = init_adapter_from_teacher(state, family, reduction=args.reduction, num_heads=heads,
+                                            convert_attn2=not args.no_attn2, eta=args.eta, seed=args.seed)
+    try:
+        save_adapter(adapter, args.out)
+    except OSError as e:
+        raise CommandError(f"cannot write '{args.out}': {e.strerror or e}") from None
+    print(f"wrote {args.out}: starting adapter for {FAMILY_TITLES[adapter.config.family]} "
+          f"(ConvFusion zero-initialised, compressors blur-initialised: plain ReLU linear attention on the "
+          f"teacher's projections until it is distilled)")
+    print(adapter_summary(load_adapter(args.out)))
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .adapter import adapter_summary, load_adapter
+
+    print(adapter_summary(load_adapter(args.file)))
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import bench
+
+    if args.from_json:
+        return _bench_from_json(args, bench)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    warmup, repeats = bench.default_repeats(device)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in bench.FAMILY_SECTIONS]
+    if unknown or not families:
+        raise CommandError(f"--families: unknown {unknown}; choose from {', '.join(bench.FAMILY_SECTIONS)}")
+    sections = {s for f in families for s in bench.FAMILY_SECTIONS[f]}
+    if args.sections:
+        sections &= {s.strip() for s in args.sections.split(",")}
+        unknown = {s.strip() for s in args.sections.split(",")} - set(bench.SECTION_ORDER)
+        if unknown:
+            raise CommandError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(bench.SECTION_ORDER)}")
+    if not sections:
+        raise CommandError("--families/--sections select no section to run")
+    config = bench.BenchConfig(
+        device=device, dtype=args.dtype or ("bf16" if device == "cuda" else "fp32"),
+        tokens=bench.parse_tokens(args.tokens), warmup=warmup if args.warmup is None else args.warmup,
+        repeats=repeats if args.repeats is None else args.repeats,
+        backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()), budget_seconds=args.budget_seconds,
+        sections=tuple(s for s in bench.SECTION_ORDER if s in sections), batch=args.batch,
+        shapes=bench.TINY_SHAPES if args.tiny else bench.FULL_SHAPES, seed=args.seed,
+        command="python -m edit_core " + " ".join(shlex.quote(a) for a in argv))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError("--threads must be ≥ 1")
+        torch.set_num_threads(args.threads)
+    bench.validate(config)
+    for path in (args.json, args.plot):
+        if path:
+            _check_output(path)
+    if args.plot:
+        bench.require_matplotlib()  # fail now, not after minutes of timing
+    results = bench.run_benchmark(config, log=lambda line: print(line, flush=True))
+    if args.json:
+        bench.write_json(results, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.write_plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return EXIT_OK
+
+
+def _bench_from_json(args: argparse.Namespace, bench) -> int:
+    """Print (and plot) saved results again instead of measuring."""
+    try:
+        with open(args.from_json) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise CommandError(f"cannot read '{args.from_json}': {e.strerror or e}") from None
+    except ValueError as e:
+        raise CommandError(f"'{args.from_json}' is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"'{args.from_json}' is not a results file written by 'bench --json'")
+    results = bench.BenchResults.from_json(data)
+    if args.plot:
+        _check_output(args.plot)
+        bench.require_matplotlib()
+    print("\n".join(bench.report_lines(results)))
+    if args.plot:
+        bench.write_plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    options = demo.DemoOptions.from_args(args)
+    report = demo.run_demo(options, log=lambda line: print(line, flush=True))
+    return EXIT_OK if report.ok else 1
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks; appends "(default: X)" only where there is a real default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+                and "%(default)" not in text
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edit_core", formatter_class=_Formatter,
+        description="EDiT linear compressed attention (arXiv 2503.16726) for PixArt-Sigma and SD3.5-Medium: "
+                    "make and inspect adapter files, benchmark EDiT against softmax attention, run a tiny demo.",
+        epilog="examples:\n"
+               "  python -m edit_core init-adapter --teacher PixArt-Sigma-XL-2-1024-MS.safetensors --out edit.safetensors\n"
+               "  python -m edit_core inspect edit.safetensors\n"
+               "  python -m edit_core bench --tokens 1024,4096,16384 --json results.json --plot latency.png\n"
+               "  python -m edit_core demo")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "init-adapter", formatter_class=_Formatter, help="make the starting adapter for a teacher model",
+        description="Write the starting EDiT adapter for a PixArt-Sigma or SD3.5-Medium teacher: ConvFusion with a "
+                    "zero-initialised output conv and blur-initialised key/value compressors, so the converted "
+                    "model starts as plain ReLU linear attention on the teacher's own projections. Distil it "
+                    "before expecting teacher-quality images. Only tensor names and shapes are read; pickle "
+                    "checkpoints are refused.")
+    p.add_argument("--teacher", required=True, metavar="PATH",
+                   help="teacher weights: a .safetensors file (ComfyUI or diffusers keys, full checkpoints too) or "
+                        "a diffusers model folder (diffusion_pytorch_model*.safetensors, sharded or not, + config.json)")
+    p.add_argument("--out", required=True, metavar="FILE", help="adapter file to write (.safetensors)")
+    p.add_argument("--family", choices=("pixart_sigma", "sd35_medium", "pixart", "sd35"), default=None,
+                   help="expected model family; detected from the keys when omitted, an error if they disagree")
+    p.add_argument("--reduction", type=int, default=4, metavar="R",
+                   help="ConvFusion channel reduction r (the 3×3 conv maps C → C/r); must divide the width")
+    p.add_argument("--heads", type=int, default=None, metavar="N",
+                   help="attention heads; needed for PixArt widths that are not a multiple of 72 (the default is "
+                        "width/72, or num_attention_heads from a diffusers config.json)")
+    p.add_argument("--no-attn2", action="store_true",
+                   help="SD3.5-M: leave the image-only dual attention (attn2, blocks 0-12) as softmax")
+    p.add_argument("--eta", choices=("approx", "exact"), default="approx",
+                   help="SD3.5-M image-row mixing weight: approx = N_img/(N_img+N_text) (the paper's), exact = "
+                        "from the two branches' normalisers (an ablation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ConvFusion 3×3 conv's random init")
+    p.set_defaults(handler=cmd_init_adapter)
+
+    p = sub.add_parser("inspect", formatter_class=_Formatter, help="validate an adapter file and describe it",
+                       description="Load and validate an EDiT adapter file (never unpickled) and print its family, "
+                                   "geometry, converted layers and training metadata. Exit code 2 and the list of "
+                                   "problems when the file is not a usable adapter.")
+    p.add_argument("file", metavar="FILE", help="adapter .safetensors file")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser(
+        "bench", formatter_class=_Formatter, help="time softmax attention vs EDiT side by side",
+        description="Time the softmax teacher and EDiT in one process on the same inputs: the attention op "
+                    "(SDPA vs linear_attention on the 4×-compressed keys/values), a PixArt-Sigma self-attention "
+                    "layer, an SD3.5-Medium joint attention layer, and a full-width PixArt-Sigma block, each at "
+                    "every token count on a square grid. Prints a table (speed-up = teacher time / EDiT time); "
+                    "medians after warm-up; CUDA timed with events. Cases whose extrapolated time per call "
+                    "exceeds --budget-seconds are skipped, so the quadratic teacher drops out first.")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--tokens", default=",".join(str(t) for t in (1024, 4096, 16384, 65536)),
+                   help="image token counts, comma-separated perfect squares (1024 = 512² px image with PixArt/SD3 "
+                        "latents and 2×2 patches, 4096 = 1024², 16384 = 2048², 65536 = 4096²)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 3 on cpu, 30 on cuda)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 1 on cpu, 10 on cuda)")
+    p.add_argument("--backend", default="torch",
+                   help="EDiT attention backend(s), comma-separated: torch, triton, auto; each gets its own rows")
+    p.add_argument("--families", default="pixart,sd35",
+                   help="pixart = op, layer and block sections; sd35 = the joint-attention section")
+    p.add_argument("--sections", default=None, help="only these sections (op, layer, joint, block)")
+    p.add_argument("--budget-seconds", type=float, default=60.0,
+                   help="skip a case whose time per call, extrapolated from the smaller token counts (teacher "
+                        "a·N + b·N², EDiT ∝ N), exceeds this")
+    p.add_argument("--batch", type=int, default=1, help="batch size (2 = a CFG pair)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write every row as JSON")
+    p.add_argument("--plot", metavar="FILE", default=None, help="also write a latency-vs-tokens PNG (needs matplotlib)")
+    p.add_argument("--from-json", metavar="FILE", default=None,
+                   help="measure nothing: print the table of a saved --json file again (and --plot it)")
+    p.add_argument("--tiny", action="store_true",
+                   help="width 64 / 4 heads everywhere instead of the real models' widths (smoke tests only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU: torch threads (default: torch's, usually one per core)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.set_defaults(handler=cmd_bench)
+
+    from . import demo
+    p = sub.add_parser("demo", formatter_class=_Formatter, help="end-to-end demo on a tiny random PixArt-Sigma model",
+                       description=demo.DESCRIPTION)
+    demo.add_arguments(p)
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argparse usage error (2, message already printed)
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+
+    from .adapter import AdapterError
+    from .bench import BenchError
+    from .demo import DemoError
+    from .families import FamilyError
+
+    try:
+        if args.command == "bench":
+            return args.handler(args, argv)
+        return args.handler(args)
+    except AdapterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (CommandError, FamilyError, BenchError, DemoError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
