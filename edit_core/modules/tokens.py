@@ -13,14 +13,14 @@ def check_grid(num_tokens: int, grid: tuple[int, int]) -> tuple[int, int]:
 
 
 def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """[B, N, C] → [B, C, h, w]."""
+    """[B, N, C] → [B, C, h, w] as a channels-last view (no copy; convolutions run channels-last)."""
     h, w = check_grid(x.shape[1], grid)
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
 
 
 def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, h, w] → [B, h·w, C]."""
-    return x.flatten(2).transpose(1, 2)
+    """[B, C, h, w] → [B, h·w, C] (a view when ``x`` is channels-last)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2] * x.shape[3], x.shape[1])
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

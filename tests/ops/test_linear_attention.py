@@ -131,3 +131,13 @@ def test_auto_falls_back_to_torch_when_a_fast_backend_fails(monkeypatch, caplog)
     assert calls == [1]  # disabled for auto after the first failure
     with pytest.raises(RuntimeError, match="compile"):
         linear_attention(q, k, v, backend="triton")  # forcing it still surfaces the error
+
+
+def test_chunked_apply_is_differentiable(monkeypatch):
+    monkeypatch.setattr(torch_impl, "CHUNK_TOKENS", 16)
+    q, k, v = (t.double().requires_grad_() for t in _inputs(1, 2, 37, 11, 8, 6))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    naive_linear_attention(q, k, v).sum().backward()
+    linear_attention(q32, k32, v32, backend="torch").sum().backward()
+    for fast, ref in ((q32, q), (k32, k), (v32, v)):
+        assert rel_rmse(fast.grad, ref.grad) <= 1e-5

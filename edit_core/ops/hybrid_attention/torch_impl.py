@@ -3,6 +3,8 @@
 Image rows blend a linear branch (ConvFusion queries against spatially compressed image keys/values)
 with softmax attention to the text tokens; text rows are one exact softmax over all keys with plain,
 uncompressed image keys/values. Every softmax call is SDPA; every cost is linear in the image length.
+The blend runs in fp32 one chunk of image rows at a time, written straight into the output, so the
+fp32 temporaries are bounded by the chunk size.
 """
 
 from __future__ import annotations
@@ -13,16 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..linear_attention import linear_attention
-from ..linear_attention.torch_impl import CHUNK_TOKENS, linear_attention_apply, linear_attention_state
-
-
-def _image_to_text_logsumexp(q_image: torch.Tensor, k_text: torch.Tensor) -> torch.Tensor:
-    """log Σ_p exp(q_i·k_p/√d) per image row, fp32, chunked over rows. → [B, H, N_I, 1]."""
-    scale = 1.0 / math.sqrt(q_image.shape[-1])
-    k_text = k_text.float().transpose(-1, -2)
-    chunks = [torch.logsumexp((q_image[..., s:s + CHUNK_TOKENS, :].float() @ k_text) * scale, dim=-1, keepdim=True)
-              for s in range(0, q_image.shape[-2], CHUNK_TOKENS)]
-    return torch.cat(chunks, dim=-2)
+from ..linear_attention.torch_impl import CHUNK_TOKENS, linear_attention_state
 
 
 def hybrid_joint_attention_torch(q, k, v, linear_q, linear_k, linear_v, *, num_text: int, text_first: bool,
@@ -31,27 +24,38 @@ def hybrid_joint_attention_torch(q, k, v, linear_q, linear_k, linear_v, *, num_t
     total = q.shape[-2]
     num_image = total - num_text
     text = slice(0, num_text) if text_first else slice(num_image, total)
-    image = slice(num_text, total) if text_first else slice(0, num_image)
-    out_dtype = v.dtype
+    image_start = num_text if text_first else 0
+    out = v.new_empty(*v.shape[:2], num_image if image_rows_only else total, v.shape[-1])
+    out_image_start = 0 if image_rows_only else image_start
+    if not image_rows_only:
+        out[:, :, text] = F.scaled_dot_product_attention(q[:, :, text], k, v)
 
-    if eta == "exact" and num_text > 0:
+    exact = eta == "exact" and num_text > 0
+    if exact:
         state, normaliser = linear_attention_state(linear_k, linear_v)
-        linear_out = linear_attention_apply(linear_q, state, normaliser, eps, torch.float32)
-        linear_mass = torch.cat([linear_q[..., s:s + CHUNK_TOKENS, :].float() @ normaliser.unsqueeze(-1)
-                                 for s in range(0, linear_q.shape[-2], CHUNK_TOKENS)], dim=-2)
-        softmax_lse = _image_to_text_logsumexp(q[..., image, :], k[..., text, :])
-        weight = torch.sigmoid(torch.log(linear_mass) - softmax_lse)  # Z_lin / (Z_lin + Z_softmax)
+        k_text_t = k[:, :, text].float().transpose(-1, -2)
+        scale = 1.0 / math.sqrt(q.shape[-1])
     else:
-        linear_out = linear_attention(linear_q, linear_k, linear_v, eps=eps, backend=linear_backend).float()
+        linear_out = linear_attention(linear_q, linear_k, linear_v, eps=eps, backend=linear_backend)
         weight = num_image / total
+    k_text, v_text = k[:, :, text], v[:, :, text]
 
-    if num_text == 0:
-        image_rows = linear_out.to(out_dtype)
-    else:
-        cross_out = F.scaled_dot_product_attention(q[..., image, :], k[..., text, :], v[..., text, :]).float()
-        image_rows = (cross_out + weight * (linear_out - cross_out)).to(out_dtype)
-    if image_rows_only:
-        return image_rows
-    text_rows = F.scaled_dot_product_attention(q[..., text, :], k, v)
-    parts = [text_rows, image_rows] if text_first else [image_rows, text_rows]
-    return torch.cat(parts, dim=-2)
+    for start in range(0, num_image, CHUNK_TOKENS):
+        stop = min(start + CHUNK_TOKENS, num_image)
+        if exact:
+            lin_q = linear_q[:, :, start:stop].float()
+            lin_mass = lin_q @ normaliser.unsqueeze(-1)
+            lin = (lin_q @ state) / (lin_mass + eps)
+            q_rows = q[:, :, image_start + start:image_start + stop]
+            lse = torch.logsumexp((q_rows.float() @ k_text_t) * scale, dim=-1, keepdim=True)
+            weight = torch.sigmoid(torch.log(lin_mass) - lse)  # Z_lin / (Z_lin + Z_softmax)
+        else:
+            lin = linear_out[:, :, start:stop].float()
+        if num_text == 0:
+            rows = lin
+        else:
+            q_rows = q[:, :, image_start + start:image_start + stop]
+            cross = F.scaled_dot_product_attention(q_rows, k_text, v_text).float()
+            rows = cross + weight * (lin - cross)
+        out[:, :, out_image_start + start:out_image_start + stop] = rows.to(out.dtype)
+    return out

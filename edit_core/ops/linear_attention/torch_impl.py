@@ -31,13 +31,16 @@ def linear_attention_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tens
 def linear_attention_apply(q: torch.Tensor, state: torch.Tensor, normaliser: torch.Tensor,
                            eps: float, out_dtype: torch.dtype) -> torch.Tensor:
     """q [B, H, N, D] with the fp32 state → [B, H, N, Dv] in ``out_dtype``."""
-    chunks = []
+    def rows(q_chunk: torch.Tensor) -> torch.Tensor:
+        q_chunk = q_chunk.float()
+        return ((q_chunk @ state) / ((q_chunk @ normaliser.unsqueeze(-1)) + eps)).to(out_dtype)
+
+    if q.shape[-2] <= CHUNK_TOKENS:
+        return rows(q)
+    out = q.new_empty(*q.shape[:-1], state.shape[-1], dtype=out_dtype)  # written chunk by chunk: no concat copy
     for start in range(0, q.shape[-2], CHUNK_TOKENS):
-        q_chunk = q[..., start:start + CHUNK_TOKENS, :].float()
-        numerator = q_chunk @ state
-        denominator = (q_chunk @ normaliser.unsqueeze(-1)) + eps
-        chunks.append((numerator / denominator).to(out_dtype))
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-2)
+        out[..., start:start + CHUNK_TOKENS, :] = rows(q[..., start:start + CHUNK_TOKENS, :])
+    return out
 
 
 def linear_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
