@@ -320,6 +320,20 @@ def validate_tensors(config: AdapterConfig, tensors: Mapping[str, torch.Tensor],
         raise AdapterError(source, problems)
 
 
+def read_safetensors_metadata(path: str) -> dict[str, str]:
+    """The string metadata of a safetensors file, without loading tensors and never unpickling. Raises
+    AdapterError naming the file if it is not a readable safetensors file (pickle, truncated, garbage)."""
+    return _read_header(os.fspath(path))[1]
+
+
+def adapter_from_state(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str) -> Adapter:
+    """Build and validate an Adapter from tensors and metadata read elsewhere (e.g. the ``edit_adapter.``
+    part of an EDiT checkpoint). Raises AdapterError naming ``source``."""
+    config = _parse_config(source, metadata)
+    validate_tensors(config, tensors, source)
+    return Adapter(config, tensors, source=source)
+
+
 def load_adapter(path: str, expect_family: Optional[str] = None) -> Adapter:
     """Load and validate an adapter file. Raises AdapterError naming the file and each problem."""
     path = os.fspath(path)
@@ -360,4 +374,5 @@ def adapter_summary(adapter: Adapter) -> str:
 
 
 __all__ = ["Adapter", "AdapterConfig", "AdapterError", "init_adapter_from_teacher", "save_adapter", "load_adapter",
+           "read_safetensors_metadata", "adapter_from_state",
            "validate_tensors", "adapter_summary", "FORMAT", "FORMAT_VERSION", "FINETUNE_NAMES"]

@@ -23,8 +23,8 @@ the merged teacher (it ignores the ``edit_adapter.`` keys).
 
 from __future__ import annotations
 
-from ..edit_core.adapter import (FINETUNE_NAMES, Adapter, AdapterError, _parse_config, _read_header,
-                                 validate_tensors)
+from ..edit_core.adapter import (FINETUNE_NAMES, Adapter, AdapterError, adapter_from_state,
+                                 read_safetensors_metadata)
 
 FORMAT_KEY = "edit_checkpoint_format"
 FORMAT_VERSION = "1"
@@ -56,7 +56,7 @@ def metadata_for_saving(applied) -> dict:
 def check_readable(path: str) -> dict:
     """The safetensors metadata of ``path``; a clear error for anything that is not a readable safetensors file."""
     try:
-        _, metadata = _read_header(path)
+        metadata = read_safetensors_metadata(path)
     except AdapterError as e:
         raise EDiTCheckpointError(path, "; ".join(e.problems)) from None
     return metadata
@@ -77,7 +77,5 @@ def split_checkpoint(path: str, state_dict: dict, metadata: dict) -> tuple[dict,
     model_sd = {k: v for k, v in state_dict.items() if not k.startswith(ADAPTER_PREFIX)}
     if not model_sd:
         raise EDiTCheckpointError(path, "it holds no diffusion model tensors")
-    config = _parse_config(path, adapter_md)
-    validate_tensors(config, tensors, path)
-    return model_sd, Adapter(config, tensors, source=path)
+    return model_sd, adapter_from_state(tensors, adapter_md, path)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edit_core.adapter import (Adapter, AdapterError, init_adapter_from_teacher, load_adapter, save_adapter)
+from edit_core.adapter import (Adapter, AdapterError, adapter_from_state, init_adapter_from_teacher, load_adapter,
+                               read_safetensors_metadata, save_adapter)
 from edit_core.families import FamilyError, detect_teacher, teacher_attention_weights
 
 
@@ -241,3 +242,22 @@ def test_missing_file(tmp_path):
 def test_save_into_missing_folder_is_clear(tmp_path, pixart_adapter):
     with pytest.raises(AdapterError, match="does not exist"):
         save_adapter(pixart_adapter, str(tmp_path / "no" / "dir" / "a.safetensors"))
+
+
+def test_adapter_from_state_validates_like_a_file(pixart_adapter):
+    md = pixart_adapter.config.to_metadata()
+    rebuilt = adapter_from_state(pixart_adapter.tensors, md, "ckpt.safetensors")
+    assert rebuilt.config == pixart_adapter.config and rebuilt.source == "ckpt.safetensors"
+    tensors = dict(pixart_adapter.tensors)
+    tensors.pop("blocks.0.attn.key_compressor.conv.weight")
+    with pytest.raises(AdapterError, match="ckpt.safetensors.*\\n.*missing 1 tensors"):
+        adapter_from_state(tensors, md, "ckpt.safetensors")
+
+
+def test_read_metadata_never_unpickles(tmp_path, pixart_adapter):
+    path = _save(tmp_path, pixart_adapter)
+    assert read_safetensors_metadata(path)["family"] == "pixart_sigma"
+    evil = tmp_path / "e.safetensors"
+    evil.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(AdapterError, match="pickle"):
+        read_safetensors_metadata(str(evil))
