@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=demo.DESCRIPTION)
     demo.add_arguments(p)
     p.set_defaults(handler=cmd_demo)
+
+    from .distill import cli as distill_cli
+    distill_cli.add_parser(sub)
     return parser
 
 
