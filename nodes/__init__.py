@@ -18,6 +18,7 @@ NODE_MODULES = {
     "nodes_adapter": ("EDiTAdapterLoader", "EDiTApply"),
     "nodes_checkpoint": ("EDiTCheckpointLoader", "EDiTCheckpointSave"),
     "tiled_diffusion": ("EDiTTiledDiffusion",),
+    "nodes_distill": ("EDiTDistill",),
 }
 _INSTALL_HINTS = {"safetensors": "safetensors>=0.4.2", "einops": "einops"}
 

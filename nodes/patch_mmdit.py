@@ -8,6 +8,11 @@ blocks' own ``post_attention``/``post_attention_x`` — except that the joint at
 ``joint_attention`` (text first, as ComfyUI concatenates) and a converted ``attn2`` is the variant's
 ``self_attention``. Attentions that are not converted go through ComfyUI's own ``optimized_attention``.
 
+For distillation (``nodes/distill_host.py``) the block also keeps the original joint block (unregistered) and
+reads an optional ``distill`` tap: "teacher" runs the original block, "teacher_forced" runs ComfyUI's softmax
+attention and the converted one on the same inputs, records each converted stream's pair (after its output
+projection) and carries the softmax outputs on; without a tap it is the patched block.
+
 MMDiT keeps the latent size in a local variable, so an ``APPLY_MODEL`` wrapper stores the token grid
 in ``transformer_options[GRID_KEY]``. Because the patch replaces whole joint blocks, it composes with
 Skip Layer Guidance (its ``patches_replace`` calls the patched block) and with TorchCompileModel.
@@ -15,6 +20,7 @@ Skip Layer Guidance (its ``patches_replace`` calls the patched block) and with T
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -101,6 +107,8 @@ class EDiTJointBlock(torch.nn.Module):
         self.x_block = original.x_block
         self.eta, self.backend = eta, backend
         self._edit = (joint_layer, attn2_layer, variant)  # not registered: the adapter has its own ModelPatcher
+        self._original = (original,)  # not registered: its children are ours
+        self.distill = None  # a distill_host tap (mode, record) while an adapter is being distilled
 
     def extra_repr(self) -> str:
         joint, attn2, variant = self._edit
@@ -109,6 +117,13 @@ class EDiTJointBlock(torch.nn.Module):
                 f"eta={self.eta}, backend={self.backend}")
 
     def forward(self, context, x, c, use_checkpoint=False, transformer_options={}, **kwargs):
+        tap = self.distill
+        mode = "student" if tap is None else tap.mode
+        if mode == "teacher":
+            return self._original[0](context, x, c=c, use_checkpoint=use_checkpoint,
+                                     transformer_options=transformer_options, **kwargs)
+        forced = mode == "teacher_forced"
+        softmax_context = torch.no_grad() if forced else contextlib.nullcontext()
         joint_layer, attn2_layer, variant = self._edit
         context_block, x_block = self.context_block, self.x_block
         dual = x_block.x_block_self_attn
@@ -120,29 +135,42 @@ class EDiTJointBlock(torch.nn.Module):
             (x_in, x_intermediates), x_in2 = _modulated(x_block, x, c), None
         grid = mmdit_token_grid(transformer_options, x.shape[1])
 
+        softmax = student = None
+        if joint_layer is None or forced:
+            with softmax_context:
+                context_qkv = context_block.attn.pre_attention(context_in)
+                x_qkv = x_block.attn.pre_attention(x_in)
+                qkv = [torch.cat((context_qkv[t], x_qkv[t]), dim=1) for t in range(3)]
+                attn = mmdit.optimized_attention(qkv[0], qkv[1], qkv[2], heads=x_block.attn.num_heads,
+                                                 transformer_options=transformer_options)
+                softmax = (attn[:, context_qkv[0].shape[1]:], attn[:, :context_qkv[0].shape[1]])
         if joint_layer is not None:
-            x_attn, context_attn = variant.joint_attention(
+            student = variant.joint_attention(
                 joint_layer, x_in, context_in, grid, _projections(x_block.attn, x_in),
                 _projections(context_block.attn, context_in), x_block.attn.num_heads, eta=self.eta,
                 image_rows_only=context_block.pre_only, backend=self.backend)
-        else:
-            context_qkv = context_block.attn.pre_attention(context_in)
-            x_qkv = x_block.attn.pre_attention(x_in)
-            qkv = [torch.cat((context_qkv[t], x_qkv[t]), dim=1) for t in range(3)]
-            attn = mmdit.optimized_attention(qkv[0], qkv[1], qkv[2], heads=x_block.attn.num_heads,
-                                             transformer_options=transformer_options)
-            context_attn, x_attn = attn[:, :context_qkv[0].shape[1]], attn[:, context_qkv[0].shape[1]:]
+            if forced:
+                tap.record("attn", x_block.attn.post_attention(softmax[0]), x_block.attn.post_attention(student[0]))
+                if not context_block.pre_only:
+                    tap.record("attn.text", context_block.attn.post_attention(softmax[1]),
+                               context_block.attn.post_attention(student[1]))
+        x_attn, context_attn = softmax if softmax is not None else student
 
         context = None if context_block.pre_only else context_block.post_attention(context_attn,
                                                                                     *context_intermediates)
         if dual:
+            softmax2 = None
+            if attn2_layer is None or forced:
+                with softmax_context:
+                    q, k, v = x_block.attn2.pre_attention(x_in2)
+                    softmax2 = mmdit.optimized_attention(q, k, v, heads=x_block.attn2.num_heads,
+                                                         transformer_options=transformer_options)
             if attn2_layer is not None:
                 attn2 = variant.self_attention(attn2_layer, x_in2, grid, _projections(x_block.attn2, x_in2),
                                                x_block.attn2.num_heads, backend=self.backend)
-            else:
-                q, k, v = x_block.attn2.pre_attention(x_in2)
-                attn2 = mmdit.optimized_attention(q, k, v, heads=x_block.attn2.num_heads,
-                                                  transformer_options=transformer_options)
+                if forced:
+                    tap.record("attn2", x_block.attn2.post_attention(softmax2), x_block.attn2.post_attention(attn2))
+            attn2 = softmax2 if softmax2 is not None else attn2
             x = x_block.post_attention_x(x_attn, attn2, *x_intermediates)
         else:
             x = x_block.post_attention(x_attn, *x_intermediates)

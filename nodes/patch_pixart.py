@@ -7,6 +7,10 @@ object-patched on a clone with ``EDiTPixArtAttention``. The replacement re-regis
 held through a plain (non-registered) tuple. Cross-attention is left alone. PixArt hands every
 self-attention ``HW`` = the latent size; the token grid is that over the patch size, rounded up as
 PatchEmbed pads.
+
+For distillation (``nodes/distill_host.py``) the module also keeps the original attention (unregistered) and
+reads an optional ``distill`` tap: "teacher" runs the original attention, "teacher_forced" runs both on the
+same input, records the pair and passes the original's output on; without a tap it is always EDiT.
 """
 
 from __future__ import annotations
@@ -49,11 +53,23 @@ class EDiTPixArtAttention(torch.nn.Module):
         self.patch_size = int(patch_size)
         self.backend = backend
         self._edit = (layer, attention)  # not registered: the adapter has its own ModelPatcher
+        self._original = (original,)  # not registered: its children are ours
+        self.distill = None  # a distill_host tap (mode, record) while an adapter is being distilled
 
     def extra_repr(self) -> str:
         return f"EDiT, heads={self.num_heads}, patch={self.patch_size}, backend={self.backend}"
 
     def forward(self, x: torch.Tensor, mask=None, HW=None, block_id=None, **kwargs) -> torch.Tensor:
+        tap = self.distill
+        if tap is None or tap.mode == "student":
+            return self._edit_attention(x, mask, HW)
+        with torch.no_grad():
+            teacher = self._original[0](x, mask=mask, HW=HW, block_id=block_id)
+        if tap.mode == "teacher_forced":
+            tap.record("attn", teacher, self._edit_attention(x, mask, HW))
+        return teacher
+
+    def _edit_attention(self, x: torch.Tensor, mask, HW) -> torch.Tensor:
         if mask is not None:
             raise NotImplementedError("Attn mask logic not added for self attention")  # as ComfyUI's module
         layer, attention = self._edit

@@ -231,6 +231,7 @@ def test_demo_quick_restores_teacher_bit_identically(capsys):
     assert code == 0
     assert "TINY RANDOM" in stdout and "bit-identical to the teacher's at 32², 64²: yes" in stdout
     assert "rel-RMSE" in stdout and "speed-up" in stdout
+    assert "[distill]" in stdout and "× lower)" in stdout  # the demo fails (exit 1) if distilling did not help
 
 
 def test_demo_step_selection_checks_dependencies(capsys):

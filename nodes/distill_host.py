@@ -1,0 +1,369 @@
+"""``DistillHost`` for a ComfyUI MODEL: distil an EDiT / MM-EDiT adapter with the teacher ComfyUI already loaded.
+
+The teacher and the student are one clone of the MODEL, patched by ``apply_edit`` (same object patches as
+Apply EDiT Attention). Every patched module keeps the original attention and reads a ``DistillTap``:
+"teacher" runs ComfyUI's original attention, "student" the EDiT one, "teacher_forced" both on the same input
+(the pair is recorded, the original's output carried on). No second copy of the model: the clone shares the
+loaded weights; the only new tensors are the adapter layers, kept in fp32 as master weights (``comfy.ops``
+manual-cast layers cast them to the model's compute dtype on the fly).
+
+Calls go through ComfyUI's own ``BaseModel.apply_model`` (the model's wrappers, dtype casts and
+``model_sampling``). The trainer speaks in model timesteps and diffusion-space latents (``schedules.py``):
+ε-prediction x_t = √ᾱ·x0 + √(1−ᾱ)·ε at integer t (PixArt-Σ), rectified flow x_t = (1−σ)·x0 + σ·ε at t = 1000·σ
+(SD3.5). ``model_sampling`` gives σ for t (EPS: ``sigma(t)``; flow: t / multiplier, the inverse of its
+``timestep``) and the input scale (``calculate_input``); the raw prediction is (x − denoised) / σ. The training
+schedule is built from the same ``model_sampling`` (ᾱ = 1 / (1 + σ²); the flow shift).
+
+ComfyUI runs nodes under ``torch.inference_mode``. Construct and use the host inside
+``torch.inference_mode(False)``: weights loaded in inference mode are inference tensors, which autograd
+cannot save, so ``load`` replaces each such parameter and buffer with an ordinary copy of the same values
+(same names, bit-identical, no extra memory once done) — as ComfyUI itself replaces parameters when it
+patches weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.utils
+
+from ..edit_core.adapter import Adapter, AdapterConfig, init_adapter_from_teacher, layer_prefix
+from ..edit_core.distill.host import Conditioning, LayerPair
+from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
+from ..edit_core.distill.trainer import DistillError
+from .apply import ADDITIONAL_MODELS_KEY, apply_edit, describe_model
+from .patch_mmdit import EDiTJointBlock
+from .patch_pixart import EDiTPixArtAttention
+
+log = logging.getLogger("ComfyUI-EDiT")
+
+MODES = ("teacher", "student", "teacher_forced")
+_IGNORED_CONDITIONING = ("control", "area", "mask", "gligen", "hooks")  # the teacher samples from the text alone
+_BLOCK = re.compile(r"^diffusion_model\.(?:blocks|joint_blocks)\.(\d+)(?:\.attn)?$")
+
+
+@dataclass
+class DistillSwitch:
+    """Shared by one host's taps: the current mode and the pairs recorded in a teacher-forced pass."""
+    mode: str = "student"
+    recording: bool = False
+    pairs: list[LayerPair] = field(default_factory=list)
+
+
+class DistillTap:
+    """What a patched module reads (``module.distill``): the mode, and where to record a layer pair."""
+
+    def __init__(self, switch: DistillSwitch, block: int):
+        self.switch, self.block = switch, int(block)
+
+    @property
+    def mode(self) -> str:
+        return self.switch.mode
+
+    def record(self, slot: str, teacher: torch.Tensor, student: torch.Tensor) -> None:
+        """``slot``: "attn", "attn.text" (the SD3.5 text stream) or "attn2"."""
+        if self.switch.recording:
+            self.switch.pairs.append(LayerPair(f"blocks.{self.block}.{slot}", teacher, student))
+
+
+# ---------------------------------------------------------------------------------------------- model sampling
+
+def prediction_type(model_sampling) -> str:
+    if isinstance(model_sampling, comfy.model_sampling.EPS) and not isinstance(
+            model_sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.EDM)):
+        return "epsilon"
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return "flow"
+    raise DistillError(f"EDiT distillation needs an epsilon (PixArt-Sigma) or rectified-flow (SD3.5) model; this "
+                       f"MODEL's sampling is {type(model_sampling).__name__}")
+
+
+def sigma_for_timestep(model_sampling, timestep: torch.Tensor) -> torch.Tensor:
+    """σ whose model timestep is ``timestep`` (the inverse of ``model_sampling.timestep``)."""
+    timestep = timestep.float()
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
+        return timestep / float(model_sampling.multiplier)  # its sigma(t) would apply the shift again
+    return model_sampling.sigma(timestep)
+
+
+def training_schedule(model_sampling):
+    """The trainer's noise schedule, from the model's own ``model_sampling``."""
+    if prediction_type(model_sampling) == "epsilon":
+        sigmas = model_sampling.sigmas.detach().to("cpu", torch.float64)
+        schedule = DDPMSchedule(num_train_timesteps=int(sigmas.numel()), name="ddpm_epsilon (ComfyUI model_sampling)")
+        schedule.alphas_cumprod = 1.0 / (1.0 + sigmas ** 2)
+        return schedule
+    return FlowSchedule(shift=sampling_shift(model_sampling), name="rectified_flow (ComfyUI model_sampling)")
+
+
+def sampling_shift(model_sampling) -> float:
+    """The flow shift of the model's sampling (SD3.5: 3.0, or what a ModelSamplingSD3 node set); 1 for EPS."""
+    return float(getattr(model_sampling, "shift", 1.0))
+
+
+# ---------------------------------------------------------------------------------------------- the host
+
+class ComfyDistillHost:
+    """Distillation host for a PixArt-Σ or SD3.5-M ComfyUI MODEL (the MODEL itself is never changed).
+
+    ``adapter``: the starting adapter (default: ``init_adapter_from_teacher(reduction, seed)``). Use as a
+    context manager (or call ``close``): closing unloads the training clone, which restores the shared
+    model's modules, and gives back the parameters' ``requires_grad`` flags."""
+
+    train_projections = False  # the teacher's projections are shared with the loaded model: not trained here
+
+    def __init__(self, model, adapter: Optional[Adapter] = None, *, reduction: int = 4, backend: str = "auto",
+                 seed: int = 0):
+        spec = describe_model(model)  # EDiTModelError for anything but PixArt-Σ / SD3.5-M
+        diffusion_model = model.get_model_object("diffusion_model")
+        if adapter is None:
+            if reduction < 1 or spec.hidden_size % reduction:
+                raise DistillError(f"reduction {reduction} does not divide the model's width {spec.hidden_size}; "
+                                   f"use a divisor such as 4")
+            adapter = init_adapter_from_teacher(diffusion_model.state_dict(keep_vars=True), spec.family,
+                                                num_heads=spec.num_heads, reduction=reduction, seed=seed)
+        if any(adapter.finetuned(b, s) for b, s in adapter.config.layers()):
+            raise DistillError("the starting adapter carries fine-tuned teacher projections, which would change the "
+                               "teacher; start from an adapter without them")
+        self.base = model
+        self.spec = spec
+        self.family = spec.family
+        self.model_sampling = model.get_model_object("model_sampling")
+        self.prediction = prediction_type(self.model_sampling)
+        self.latent_channels = int(model.model.latent_format.latent_channels)
+        self.patch_size = int(diffusion_model.patch_size if spec.family.startswith("pixart")
+                              else diffusion_model.x_embedder.patch_size[0])
+        self.schedule = training_schedule(self.model_sampling)
+        self.shift = sampling_shift(self.model_sampling)
+
+        with torch.inference_mode(False):  # the adapter layers must be ordinary (trainable) tensors
+            self.patcher = apply_edit(model, adapter, backend=backend)
+        (self.adapter_patcher,) = self.patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
+        self.adapter = adapter
+        self.adapter_config: AdapterConfig = self.patcher.get_attachment("edit").config
+        self.switch = DistillSwitch()
+        self._patched: dict[str, torch.nn.Module] = {}
+        for name, module in self.patcher.object_patches.items():
+            if isinstance(module, (EDiTPixArtAttention, EDiTJointBlock)):
+                module.distill = DistillTap(self.switch, int(_BLOCK.match(name).group(1)))
+                self._patched[name] = module
+        self._layers: dict[tuple[int, str], torch.nn.Module] = {}
+        layers = self.adapter_patcher.model.layers
+        with torch.inference_mode(False), torch.no_grad():
+            for block, slot in self.adapter_config.layers():
+                layer = layers[f"{block}_{slot}"].to(torch.float32)  # fp32 master weights, cast per call
+                for key, value in layer.state_dict().items():  # the adapter's exact fp32 values
+                    value.copy_(adapter.tensors[layer_prefix(block, slot) + key])
+                self._layers[(block, slot)] = layer
+        self._grad_flags = {name: p.requires_grad for name, p in self.patcher.model.named_parameters()}
+        self._trainable = {layer_prefix(block, slot) + name: param.requires_grad_(True)
+                           for (block, slot), layer in self._layers.items() for name, param in layer.named_parameters()}
+        self._transformer_options: Optional[dict] = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Load the training clone (with the adapter) through ComfyUI's model management — unloading other models
+        from the device first, as ComfyUI's own training node does — and make the weights autograd-safe. Called
+        by the first forward (and again if something else was loaded in between)."""
+        if self._closed:
+            raise RuntimeError("this distillation host is closed")
+        with torch.inference_mode(False):
+            comfy.model_management.load_models_gpu([self.patcher, self.adapter_patcher], memory_required=1e20,
+                                                   force_full_load=True)
+            self.patcher.model.requires_grad_(False)
+            _make_autograd_safe(self.patcher.model)
+            _make_autograd_safe(self.adapter_patcher.model)
+        current = {layer_prefix(block, slot) + name: param
+                   for (block, slot), layer in self._layers.items() for name, param in layer.named_parameters()}
+        if any(current[k] is not p or not p.requires_grad for k, p in self._trainable.items()):
+            raise DistillError("ComfyUI replaced the adapter's parameters while loading the model; the optimizer "
+                               "would train stale copies")
+
+    def _loaded(self) -> bool:
+        return all(comfy.utils.get_attr(self.patcher.model, name) is module for name, module in self._patched.items())
+
+    def close(self) -> None:
+        """Unload the training clone (restoring the shared model's original modules); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for module in self._patched.values():
+            module.distill = None
+        for layer in self._layers.values():
+            layer.requires_grad_(False)
+        mm = comfy.model_management
+        for i in reversed(range(len(mm.current_loaded_models))):
+            loaded = mm.current_loaded_models[i]
+            if loaded.model is self.patcher or loaded.model is self.adapter_patcher:
+                mm.current_loaded_models.pop(i).model_unload()
+        for name, param in self.patcher.model.named_parameters():
+            if name in self._grad_flags:
+                param.requires_grad_(self._grad_flags[name])
+
+    def __enter__(self) -> "ComfyDistillHost":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ interface
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.patcher.load_device)
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self._trainable)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            raise DistillError("gradient checkpointing is not available when distilling inside ComfyUI; use "
+                               "'python -m edit_core distill' for large resolutions")
+
+    def predict(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, *,
+                mode: str = "student") -> torch.Tensor:
+        if mode not in ("teacher", "student"):
+            raise ValueError(f"predict mode must be 'teacher' or 'student', got {mode!r}")
+        self.switch.mode, self.switch.recording = mode, False
+        with torch.no_grad() if mode == "teacher" else contextlib.nullcontext():
+            return self._forward(x, timestep, cond)
+
+    def teacher_forced(self, x: torch.Tensor, timestep: torch.Tensor,
+                       cond: Conditioning) -> tuple[torch.Tensor, list[LayerPair]]:
+        self.switch.mode, self.switch.recording, self.switch.pairs = "teacher_forced", True, []
+        try:
+            out = self._forward(x, timestep, cond)
+        finally:
+            self.switch.recording = False
+        pairs, self.switch.pairs = self.switch.pairs, []
+        return out.detach(), pairs
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for (block, slot), layer in self._layers.items():
+            for key, value in layer.state_dict().items():
+                tensors[layer_prefix(block, slot) + key] = value.detach().to("cpu", torch.float32).clone()
+        return tensors
+
+    # ------------------------------------------------------------------------------------------ conditioning
+
+    def conditioning(self, positive, width: int, height: int, negative=None):
+        """ComfyUI CONDITIONINGs (lists of [tensor [B, L, C], {...}] entries) → (one row per prompt — every
+        entry's batch — and the negative's first row or None), as the model's call arguments on the CPU:
+        ``c_crossattn`` plus what the model's own ``extra_conds`` derives (SD3.5: ``y`` from
+        ``pooled_output``; PixArt: size conditioning). All rows get one token count."""
+        if not positive:
+            raise DistillError("the positive conditioning is empty: connect a CLIP Text Encode output")
+        rows = [self._entry(entry, i, width, height) for i, entry in enumerate(positive)]
+        if negative:
+            rows.append({k: v[:1] for k, v in self._entry(negative[0], "negative", width, height).items()})
+        merged = self._concat_rows(rows)
+        if not negative:
+            return merged, None
+        return {k: v[:-1] for k, v in merged.items()}, {k: v[-1:] for k, v in merged.items()}
+
+    def _entry(self, entry, index, width: int, height: int) -> dict[str, torch.Tensor]:
+        tensor, extra = entry[0], dict(entry[1])
+        ignored = sorted(k for k in extra if k in _IGNORED_CONDITIONING)
+        if ignored:
+            log.warning("ComfyUI-EDiT distill: conditioning entry %s: %s ignored (only the text conditioning is "
+                        "used)", index, ", ".join(ignored))
+        params = {k: v for k, v in extra.items() if k not in _IGNORED_CONDITIONING}
+        params.update(cross_attn=tensor, device=torch.device("cpu"),
+                      noise=torch.zeros(1, self.latent_channels, height // 8, width // 8),
+                      width=params.get("width", width), height=params.get("height", height), prompt_type="positive")
+        try:
+            model_conds = self.base.model.extra_conds(**params)
+        except KeyError as e:
+            raise DistillError(f"conditioning entry {index} has no {e.args[0]!r}: SD3.5 needs the pooled CLIP output "
+                               "(encode the prompt with the model's CLIP, e.g. TripleCLIPLoader → CLIP Text "
+                               "Encode)") from None
+        row = {}
+        for key, value in model_conds.items():
+            processed = value.process_cond(batch_size=int(tensor.shape[0]), area=None)
+            if isinstance(processed.cond, torch.Tensor):
+                row[key] = processed.cond.detach().to("cpu", copy=True)
+        return row
+
+    def _concat_rows(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        keys = set(rows[0])
+        if any(set(r) != keys for r in rows):
+            raise DistillError("the conditioning entries differ in kind (some have pooled outputs or size "
+                               "conditioning, some not); encode every prompt the same way")
+        out = {}
+        for key in sorted(keys):
+            values = [r[key] for r in rows]
+            lengths = sorted({v.shape[1] for v in values if v.dim() == 3})
+            if len(lengths) > 1:
+                if not self.family.startswith("pixart"):
+                    raise DistillError(f"the prompts encode to different token counts {lengths}; SD3.5's joint "
+                                       "attention cannot batch them without changing them: shorten the long "
+                                       "prompts (or distil with prompts of one length)")
+                length = math.lcm(*lengths)  # cross-attention only: repeating every token is exact, as ComfyUI does
+                values = [v.repeat(1, length // v.shape[1], 1) for v in values]
+            out[key] = torch.cat(values)
+        return out
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def transformer_options(self) -> dict:
+        """The MODEL's transformer options with its wrappers, as a sampler hands them to ``apply_model``."""
+        if self._transformer_options is None:
+            options = comfy.patcher_extension.copy_nested_dicts(
+                self.patcher.model_options.get("transformer_options", {}))
+            comfy.patcher_extension.merge_nested_dicts(options.setdefault("wrappers", {}), self.patcher.wrappers,
+                                                       copy_dict1=False)
+            comfy.patcher_extension.merge_nested_dicts(options.setdefault("callbacks", {}), self.patcher.callbacks,
+                                                       copy_dict1=False)
+            self._transformer_options = options
+        return self._transformer_options
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if self._closed:
+            raise RuntimeError("this distillation host is closed")
+        if not self._loaded():
+            self.load()
+        device = self.device
+        x = x.to(device, torch.float32)
+        timestep = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        sigma = sigma_for_timestep(self.model_sampling, timestep)
+        scale = self.model_sampling.calculate_input(sigma, torch.ones_like(x[:, :1, :1, :1]))
+        xc = x / scale  # the sampler's x for this σ (EPS: x_t·√(σ²+1); flow: x_t)
+        kwargs = {k: v.to(device) for k, v in cond.items()}
+        denoised = self.patcher.model.apply_model(xc, sigma, transformer_options=self.transformer_options(), **kwargs)
+        return (xc - denoised) / sigma.view(-1, 1, 1, 1)
+
+
+def _make_autograd_safe(module: torch.nn.Module) -> int:
+    """Replace every inference-mode parameter and buffer with an ordinary copy (same values, same names; tied
+    parameters stay tied). Returns how many were replaced."""
+    replaced: dict[int, torch.Tensor] = {}
+    with torch.inference_mode(False), torch.no_grad():
+        for sub in module.modules():
+            for table, make in ((sub._parameters, _parameter_copy), (sub._buffers, torch.Tensor.clone)):
+                for name, tensor in table.items():
+                    if tensor is not None and tensor.is_inference():
+                        if id(tensor) not in replaced:
+                            replaced[id(tensor)] = make(tensor)
+                        table[name] = replaced[id(tensor)]
+    return len(replaced)
+
+
+def _parameter_copy(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    return torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+
+
+__all__ = ["ComfyDistillHost", "DistillSwitch", "DistillTap", "MODES", "prediction_type", "sigma_for_timestep",
+           "training_schedule", "sampling_shift"]
