@@ -22,10 +22,9 @@ naming the file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import torch

@@ -23,11 +23,9 @@ patches weights.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -38,7 +36,7 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..edit_core.adapter import Adapter, AdapterConfig, init_adapter_from_teacher, layer_prefix
-from ..edit_core.distill.host import Conditioning, LayerPair
+from ..edit_core.distill.host import MODES, Conditioning, LayerPair, ModeSwitch, SwitchedHost
 from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
 from ..edit_core.distill.trainer import DistillError
 from .apply import ADDITIONAL_MODELS_KEY, apply_edit, describe_model
@@ -47,23 +45,14 @@ from .patch_pixart import EDiTPixArtAttention
 
 log = logging.getLogger("ComfyUI-EDiT")
 
-MODES = ("teacher", "student", "teacher_forced")
 _IGNORED_CONDITIONING = ("control", "area", "mask", "gligen", "hooks")  # the teacher samples from the text alone
 _BLOCK = re.compile(r"^diffusion_model\.(?:blocks|joint_blocks)\.(\d+)(?:\.attn)?$")
-
-
-@dataclass
-class DistillSwitch:
-    """Shared by one host's taps: the current mode and the pairs recorded in a teacher-forced pass."""
-    mode: str = "student"
-    recording: bool = False
-    pairs: list[LayerPair] = field(default_factory=list)
 
 
 class DistillTap:
     """What a patched module reads (``module.distill``): the mode, and where to record a layer pair."""
 
-    def __init__(self, switch: DistillSwitch, block: int):
+    def __init__(self, switch: ModeSwitch, block: int):
         self.switch, self.block = switch, int(block)
 
     @property
@@ -113,7 +102,7 @@ def sampling_shift(model_sampling) -> float:
 
 # ---------------------------------------------------------------------------------------------- the host
 
-class ComfyDistillHost:
+class ComfyDistillHost(SwitchedHost):
     """Distillation host for a PixArt-Σ or SD3.5-M ComfyUI MODEL (the MODEL itself is never changed).
 
     ``adapter``: the starting adapter (default: ``init_adapter_from_teacher(reduction, seed)``). Use as a
@@ -151,7 +140,7 @@ class ComfyDistillHost:
         (self.adapter_patcher,) = self.patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
         self.adapter = adapter
         self.adapter_config: AdapterConfig = self.patcher.get_attachment("edit").config
-        self.switch = DistillSwitch()
+        self.switch = ModeSwitch()
         self._patched: dict[str, torch.nn.Module] = {}
         for name, module in self.patcher.object_patches.items():
             if isinstance(module, (EDiTPixArtAttention, EDiTJointBlock)):
@@ -232,23 +221,6 @@ class ComfyDistillHost:
             raise DistillError("gradient checkpointing is not available when distilling inside ComfyUI; use "
                                "'python -m edit_core distill' for large resolutions")
 
-    def predict(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, *,
-                mode: str = "student") -> torch.Tensor:
-        if mode not in ("teacher", "student"):
-            raise ValueError(f"predict mode must be 'teacher' or 'student', got {mode!r}")
-        self.switch.mode, self.switch.recording = mode, False
-        with torch.no_grad() if mode == "teacher" else contextlib.nullcontext():
-            return self._forward(x, timestep, cond)
-
-    def teacher_forced(self, x: torch.Tensor, timestep: torch.Tensor,
-                       cond: Conditioning) -> tuple[torch.Tensor, list[LayerPair]]:
-        self.switch.mode, self.switch.recording, self.switch.pairs = "teacher_forced", True, []
-        try:
-            out = self._forward(x, timestep, cond)
-        finally:
-            self.switch.recording = False
-        pairs, self.switch.pairs = self.switch.pairs, []
-        return out.detach(), pairs
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -365,5 +337,5 @@ def _parameter_copy(param: torch.nn.Parameter) -> torch.nn.Parameter:
     return torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
 
 
-__all__ = ["ComfyDistillHost", "DistillSwitch", "DistillTap", "MODES", "prediction_type", "sigma_for_timestep",
+__all__ = ["ComfyDistillHost", "ModeSwitch", "DistillTap", "MODES", "prediction_type", "sigma_for_timestep",
            "training_schedule", "sampling_shift"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -24,18 +23,7 @@ from ..adapter import FINETUNE_NAMES, Adapter, AdapterConfig, init_adapter_from_
 from ..families import detect_teacher
 from ..integrations.diffusers import (ADAPTER_MODULE, _attention_name, apply_edit, is_edit_applied,
                                       remove_edit)
-from .host import Conditioning, LayerPair
-
-MODES = ("teacher", "student", "teacher_forced")
-
-
-@dataclass
-class ModeSwitch:
-    """Shared by one host's processors: the current mode and the pairs recorded in a teacher-forced pass."""
-    mode: str = "student"
-    recording: bool = False
-    pairs: list[LayerPair] = field(default_factory=list)
-
+from .host import MODES, Conditioning, LayerPair, ModeSwitch, SwitchedHost
 
 class DistillProcessor:
     """Wraps one converted Attention's EDiT processor; see the module docstring for the modes."""
@@ -76,7 +64,7 @@ def _projection(attention: nn.Module, canonical: str) -> Optional[nn.Module]:
         return None
 
 
-class DiffusersDistillHost:
+class DiffusersDistillHost(SwitchedHost):
     """Distillation host for a diffusers PixArt-Σ or SD3.5-M transformer (converted in place).
 
     ``adapter``: the starting adapter (default: ``init_adapter_from_teacher``). ``train_projections``:
@@ -162,23 +150,6 @@ class DiffusersDistillHost:
         else:
             self.transformer.disable_gradient_checkpointing()
 
-    def predict(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, *,
-                mode: str = "student") -> torch.Tensor:
-        if mode not in ("teacher", "student"):
-            raise ValueError(f"predict mode must be 'teacher' or 'student', got {mode!r}")
-        self.switch.mode, self.switch.recording = mode, False
-        with torch.no_grad() if mode == "teacher" else contextlib.nullcontext():
-            return self._forward(x, timestep, cond)
-
-    def teacher_forced(self, x: torch.Tensor, timestep: torch.Tensor,
-                       cond: Conditioning) -> tuple[torch.Tensor, list[LayerPair]]:
-        self.switch.mode, self.switch.recording, self.switch.pairs = "teacher_forced", True, []
-        try:
-            out = self._forward(x, timestep, cond)
-        finally:
-            self.switch.recording = False  # a checkpointed block re-run during backward records nothing
-        pairs, self.switch.pairs = self.switch.pairs, []
-        return out.detach(), pairs
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.adapter.tensors.items()}

@@ -18,7 +18,8 @@ same few members for its patched models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Mapping, Protocol, runtime_checkable
 
 import torch
@@ -91,4 +92,45 @@ class DistillHost(Protocol):
         ...
 
 
-__all__ = ["DistillHost", "LayerPair", "Conditioning", "PREDICTIONS"]
+MODES = ("teacher", "student", "teacher_forced")
+
+
+@dataclass
+class ModeSwitch:
+    """Shared by one host's converted layers: the current mode ("teacher": run the original attention;
+    "student": run EDiT; "teacher_forced": run both on the same input, record the pair, pass the
+    teacher's output on) and the pairs recorded in a teacher-forced pass."""
+    mode: str = "student"
+    recording: bool = False
+    pairs: list[LayerPair] = field(default_factory=list)
+
+
+class SwitchedHost:
+    """``predict`` / ``teacher_forced`` for a host whose converted layers read a ``ModeSwitch``.
+    Subclasses set ``self.switch`` and implement ``_forward(x, timestep, cond)`` (one model call)."""
+
+    switch: ModeSwitch
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, *,
+                mode: str = "student") -> torch.Tensor:
+        if mode not in ("teacher", "student"):
+            raise ValueError(f"predict mode must be 'teacher' or 'student', got {mode!r}")
+        self.switch.mode, self.switch.recording = mode, False
+        with torch.no_grad() if mode == "teacher" else contextlib.nullcontext():
+            return self._forward(x, timestep, cond)
+
+    def teacher_forced(self, x: torch.Tensor, timestep: torch.Tensor,
+                       cond: Conditioning) -> tuple[torch.Tensor, list[LayerPair]]:
+        self.switch.mode, self.switch.recording, self.switch.pairs = "teacher_forced", True, []
+        try:
+            out = self._forward(x, timestep, cond)
+        finally:
+            self.switch.recording = False  # a checkpointed block re-run during backward records nothing
+        pairs, self.switch.pairs = self.switch.pairs, []
+        return out.detach(), pairs
+
+
+__all__ = ["DistillHost", "LayerPair", "Conditioning", "PREDICTIONS", "MODES", "ModeSwitch", "SwitchedHost"]
