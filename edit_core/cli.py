@@ -183,10 +183,13 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CommandError(f"--families: unknown {unknown}; choose from {', '.join(bench.FAMILY_SECTIONS)}")
     sections = {s for f in families for s in bench.FAMILY_SECTIONS[f]}
     if args.sections:
-        sections &= {s.strip() for s in args.sections.split(",")}
-        unknown = {s.strip() for s in args.sections.split(",")} - set(bench.SECTION_ORDER)
+        asked = {s.strip() for s in args.sections.split(",") if s.strip()}
+        unknown = asked - set(bench.SECTION_ORDER)
         if unknown:
             raise CommandError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(bench.SECTION_ORDER)}")
+        sections &= asked
+    else:
+        sections &= set(bench.DEFAULT_SECTIONS)
     if not sections:
         raise CommandError("--families/--sections select no section to run")
     config = bench.BenchConfig(
@@ -196,29 +199,42 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()), budget_seconds=args.budget_seconds,
         sections=tuple(s for s in bench.SECTION_ORDER if s in sections), batch=args.batch,
         shapes=bench.TINY_SHAPES if args.tiny else bench.FULL_SHAPES, seed=args.seed,
-        command="python -m edit_core " + " ".join(shlex.quote(a) for a in argv))
+        command="python -m edit_core " + " ".join(shlex.quote(a) for a in argv),
+        families=tuple(f for f in bench.FAMILIES if f in families),
+        bandwidth_tokens=bench.parse_tokens(args.bw_tokens, "--bw-tokens") if args.bw_tokens else
+        (bench.TINY_BANDWIDTH_TOKENS if args.tiny else bench.BANDWIDTH_TOKENS),
+        resolutions=bench.parse_resolutions(args.resolutions) if args.resolutions else
+        (bench.TINY_RESOLUTIONS if args.tiny else bench.MODEL_RESOLUTIONS),
+        case_seconds=args.case_seconds, tiny=args.tiny)
     if args.threads is not None:
         if args.threads < 1:
             raise CommandError("--threads must be ≥ 1")
         torch.set_num_threads(args.threads)
     bench.validate(config)
-    for path in (args.json, args.plot):
+    for path in (args.json, args.plot, args.markdown):
         if path:
             _check_output(path)
     if args.plot:
         bench.require_matplotlib()  # fail now, not after minutes of timing
     results = bench.run_benchmark(config, log=lambda line: print(line, flush=True))
-    if args.json:
+    _write_bench_outputs(args, bench, results)
+    return EXIT_OK
+
+
+def _write_bench_outputs(args: argparse.Namespace, bench, results) -> None:
+    if getattr(args, "json", None):
         bench.write_json(results, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         bench.write_plot(results, args.plot)
         print(f"wrote {args.plot}")
-    return EXIT_OK
+    if args.markdown:
+        bench.write_markdown(results, args.markdown)
+        print(f"wrote {args.markdown}")
 
 
 def _bench_from_json(args: argparse.Namespace, bench) -> int:
-    """Print (and plot) saved results again instead of measuring."""
+    """Print (and plot, and write as markdown) saved results again instead of measuring."""
     try:
         with open(args.from_json) as f:
             data = json.load(f)
@@ -229,13 +245,14 @@ def _bench_from_json(args: argparse.Namespace, bench) -> int:
     if not isinstance(data, dict):
         raise CommandError(f"'{args.from_json}' is not a results file written by 'bench --json'")
     results = bench.BenchResults.from_json(data)
+    for path in (args.plot, args.markdown):
+        if path:
+            _check_output(path)
     if args.plot:
-        _check_output(args.plot)
         bench.require_matplotlib()
     print("\n".join(bench.report_lines(results)))
-    if args.plot:
-        bench.write_plot(results, args.plot)
-        print(f"wrote {args.plot}")
+    args.json = None
+    _write_bench_outputs(args, bench, results)
     return EXIT_OK
 
 
@@ -311,31 +328,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the softmax teacher and EDiT in one process on the same inputs: the attention op "
                     "(SDPA vs linear_attention on the 4×-compressed keys/values), a PixArt-Sigma self-attention "
                     "layer, an SD3.5-Medium joint attention layer, and a full-width PixArt-Sigma block, each at "
-                    "every token count on a square grid. Prints a table (speed-up = teacher time / EDiT time); "
-                    "medians after warm-up; CUDA timed with events. Cases whose extrapolated time per call "
-                    "exceeds --budget-seconds are skipped, so the quadratic teacher drops out first.")
+                    "every token count on a square grid. Two more sections run only when asked: op-bw (the op at "
+                    "4096-262144 tokens for both models' heads, with GB/s against a measured copy bandwidth) and "
+                    "model (a whole random-weight PixArt-Sigma / SD3.5-Medium transformer forward at 1024²-8192² "
+                    "px, with TFLOP/s against a measured matmul peak). Prints a table (speed-up = teacher time / "
+                    "EDiT time); medians after warm-up; CUDA timed with events (op-bw: triton.testing.do_bench). "
+                    "Cases whose extrapolated time per call exceeds --budget-seconds are skipped, so the "
+                    "quadratic teacher drops out first; a backend that cannot be timed here (triton without "
+                    "CUDA or under TRITON_INTERPRET=1) is reported as skipped with the reason.")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--tokens", default=",".join(str(t) for t in (1024, 4096, 16384, 65536)),
-                   help="image token counts, comma-separated perfect squares (1024 = 512² px image with PixArt/SD3 "
-                        "latents and 2×2 patches, 4096 = 1024², 16384 = 2048², 65536 = 4096²)")
+                   help="image token counts of the op, layer, joint and block sections, comma-separated perfect "
+                        "squares (1024 = 512² px image with PixArt/SD3 latents and 2×2 patches, 4096 = 1024², "
+                        "16384 = 2048², 65536 = 4096²)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 3 on cpu, 30 on cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 1 on cpu, 10 on cuda)")
     p.add_argument("--backend", default="torch",
                    help="EDiT attention backend(s), comma-separated: torch, triton, auto; each gets its own rows")
     p.add_argument("--families", default="pixart,sd35",
-                   help="pixart = op, layer and block sections; sd35 = the joint-attention section")
-    p.add_argument("--sections", default=None, help="only these sections (op, layer, joint, block)")
+                   help="pixart = op, layer and block sections; sd35 = the joint-attention section; in op-bw and "
+                        "model, which models' heads / transformers")
+    p.add_argument("--sections", default=None,
+                   help="these sections: op, layer, joint, block (the default), op-bw, model, e.g. --sections "
+                        "op-bw,model")
+    p.add_argument("--bw-tokens", default=None,
+                   help="op-bw token counts, perfect squares (default: 4096,16384,65536,262144; --tiny: 64,256)")
+    p.add_argument("--resolutions", default=None,
+                   help="model image sizes in pixels, multiples of 16 (default: 1024,2048,4096,8192; --tiny: "
+                        "128,256,512)")
     p.add_argument("--budget-seconds", type=float, default=60.0,
-                   help="skip a case whose time per call, extrapolated from the smaller token counts (teacher "
-                        "a·N + b·N², EDiT ∝ N), exceeds this")
+                   help="skip a case whose time per call, extrapolated from the smaller sizes (teacher "
+                        "a·N + b·N², EDiT ∝ N; model: FLOP ratio, or FLOPs / matmul peak at the first), exceeds this")
+    p.add_argument("--case-seconds", type=float, default=30.0,
+                   help="at most this many seconds of timed calls per contender and case (never fewer than 3 "
+                        "calls), and a quarter of it of warm-up")
     p.add_argument("--batch", type=int, default=1, help="batch size (2 = a CFG pair)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write every row as JSON")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="also write the tables as a markdown section (device, date, command), to paste into "
+                        "bench/RESULTS.md or the README")
     p.add_argument("--plot", metavar="FILE", default=None, help="also write a latency-vs-tokens PNG (needs matplotlib)")
     p.add_argument("--from-json", metavar="FILE", default=None,
-                   help="measure nothing: print the table of a saved --json file again (and --plot it)")
+                   help="measure nothing: print the table of a saved --json file again (and --plot / --markdown it)")
     p.add_argument("--tiny", action="store_true",
-                   help="width 64 / 4 heads everywhere instead of the real models' widths (smoke tests only)")
+                   help="width 64 / 4 heads everywhere (model: 2-block transformers) instead of the real models' "
+                        "sizes (smoke tests only)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU: torch threads (default: torch's, usually one per core)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")

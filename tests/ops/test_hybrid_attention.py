@@ -91,3 +91,13 @@ def test_chunked_blend_matches_reference_and_is_differentiable(monkeypatch, eta,
     (out * weights.float()).sum().backward()
     for fast, slow in zip(args32, args64):
         assert rel_rmse(fast.grad, slow.grad) <= 1e-4
+
+
+def test_forced_backend_reaches_the_linear_branch():
+    """No fused hybrid exists for triton: forcing it runs the torch blend with triton's linear attention
+    (here: Triton's CPU interpreter, which tests/conftest.py enables)."""
+    args = _inputs(b=1, h=2, n_image=17, n_text=5, m=5, d=64)
+    out = hybrid_joint_attention(*args, num_text=5, text_first=True, backend="triton")
+    assert rel_rmse(out, naive_hybrid_joint_attention(*args, num_text=5, text_first=True)) <= 1e-4
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        hybrid_joint_attention(*args, num_text=5, text_first=True, backend="cuda-magic")

@@ -42,10 +42,14 @@ def hybrid_joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError(f"num_text={num_text} must be in [0, {q.shape[-2]}) for a joint length of {q.shape[-2]}")
     if linear_q.shape[-2] != num_image:
         raise ValueError(f"linear_q has {linear_q.shape[-2]} rows but the joint sequence has {num_image} image tokens")
-    fn = backends.resolve(OP_NAME, backend, q, k, v, linear_q, linear_k, linear_v)
     kwargs = {}
-    if backend != "auto" and fn is hybrid_joint_attention_torch:
-        kwargs["linear_backend"] = backend
+    if backend not in ("auto", "torch") and backend not in backends.available_backends(OP_NAME):
+        # no fused hybrid for this backend: the torch blend with the forced backend's linear attention
+        fn, kwargs["linear_backend"] = hybrid_joint_attention_torch, backend
+    else:
+        fn = backends.resolve(OP_NAME, backend, q, k, v, linear_q, linear_k, linear_v)
+        if backend != "auto" and fn is hybrid_joint_attention_torch:
+            kwargs["linear_backend"] = backend
     return fn(q, k, v, linear_q, linear_k, linear_v, num_text=num_text, text_first=text_first, eta=eta,
               image_rows_only=image_rows_only, eps=eps, **kwargs)
 
