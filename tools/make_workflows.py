@@ -553,6 +553,116 @@ def checkpoint_text_to_image(info: dict, name: str) -> Graph:
     return g
 
 
+# ------------------------------------------------------------------------------------------ distillation
+
+DISTILL_PROMPTS = (  # the training data: the teacher samples latents from these (add more for a better adapter)
+    POSITIVE,
+    "a close-up portrait of an elderly fisherman in a knitted sweater, weathered skin, soft window light, "
+    "shallow depth of field",
+    "a busy city street at night in the rain, neon signs reflected on wet asphalt, people with umbrellas, "
+    "cinematic wide shot",
+    "a still life of ripe fruit, a ceramic jug and a folded linen cloth on a wooden table, oil painting, "
+    "rich texture",
+)
+DISTILL = {"width": 512, "height": 512, "steps": 3000, "learning_rate": 1e-4, "batch_size": 1,
+           "samples_per_prompt": 8, "teacher_steps": 20, "cfg": 4.5}
+DISTILL_SAVE_NAME = PIXART_ADAPTER[:-len(".safetensors")]  # → models/edit/pixart_sigma_edit.safetensors
+# ESTIMATES (no GPU was available), on the same RTX 4090-class basis as STEP_SECONDS: seconds per training step
+# at 512², batch 1 (teacher forward + student forward and backward: ~6.8 TFLOP, the README's distillation
+# table, at a poor small-batch efficiency), and per teacher CFG sampling step at 512²
+DISTILL_STEP_SECONDS = (0.15, 0.4)
+TEACHER_STEP_SECONDS_512 = (0.03, 0.06)
+DISTILL_VRAM = "8-12 GB"
+
+
+def distill_note_text() -> str:
+    d = DISTILL
+    latents = len(DISTILL_PROMPTS) * d["samples_per_prompt"]
+    sampling = latents * d["teacher_steps"]
+    s_low, s_high = (sampling * t for t in TEACHER_STEP_SECONDS_512)
+    t_low, t_high = (d["steps"] * t for t in DISTILL_STEP_SECONDS)
+    lr = f"{d['learning_rate']:.0e}".replace("e-0", "e-")  # 1e-4
+    steps = [
+        "EXPERIMENTAL. Distill EDiT Adapter makes an EDiT adapter for PixArt-Sigma from the model itself, "
+        "without images: the teacher samples "
+        f"{d['samples_per_prompt']} latents from each prompt ({len(DISTILL_PROMPTS)} prompts, combined with "
+        "Conditioning Combine; add more), then the adapter learns to reproduce the teacher's attention outputs "
+        "and predictions.",
+        f"It trains {d['steps']} steps at {d['width']}x{d['height']}, lr {lr}. Train at the size "
+        "you will sample at (1024x1024: about 4x the time per step). The loss curve shows in the node while it "
+        "runs and in Preview Image at the end. Cancel stops after the current step and still saves.",
+        f"The adapter is saved to models/edit/{PIXART_ADAPTER}, the file the PixArt-Sigma generation workflows "
+        f"load (pixart_sigma_edit_1024 and the 4K / 8K tiled ones). If that file exists, _00001, _00002... is "
+        "added instead of overwriting: pick it in Load EDiT Adapter.",
+        f"Try it: Apply EDiT Attention puts the new adapter on the model and samples prompt 1 at "
+        f"{d['width']}x{d['height']}.",
+    ]
+    body = "\n".join(f"{i}. {step}" for i, step in enumerate(steps, 1))
+    files = "\n".join(" " + line for line in [
+        f"models/diffusion_models/{PIXART_MODEL}", f"models/text_encoders/{T5XXL}", f"models/vae/{PIXART_VAE}",
+        "WRITES", f"models/edit/{PIXART_ADAPTER} (or ..._00001 etc.)"])
+    cost = "\n".join([
+        "COST: ESTIMATES, not measured (no GPU was available)",
+        " Needs an NVIDIA GPU: a CPU is far too slow for the real model.",
+        f" teacher sampling: {latents} latents x {d['teacher_steps']} steps,",
+        f"   {_seconds(s_low, s_high)} on an RTX 4090-class GPU.",
+        f" training: {d['steps']} steps at {d['width']}², batch {d['batch_size']}: "
+        f"{_seconds(t_low, t_high)};",
+        f"   {DISTILL_VRAM} of VRAM. A good adapter takes hours:",
+        "   tens of thousands of steps, more prompts, 1024²",
+        "   (or python -m edit_core distill on several GPUs).",
+        " T5-XXL fp16 needs ~10 GB of RAM (t5xxl_fp8_e4m3fn: ~5 GB).",
+    ])
+    return (f"Distil an EDiT adapter for PixArt-Sigma (experimental)\n\n{body}\n\n"
+            f"FILES (download links: workflows/README.md of ComfyUI-EDiT)\n{files}\n\n{cost}")
+
+
+COL_DISTILL, COL_TRY, COL_TRY_OUT = 1580, 2040, 2410
+
+
+def distill_adapter(info: dict, name: str) -> Graph:
+    """Teacher + prompts → Distill EDiT Adapter → loss curve; its adapter → Apply EDiT Attention → one image."""
+    f = FAMILIES["pixart"]
+    d = DISTILL
+    g = Graph(name, info)
+    g.note((20, TOP), (400, 760), distill_note_text())
+    unet = g.add("UNETLoader", (COL_LOADERS, TOP), title="Load PixArt-Sigma (the teacher)", unet_name=PIXART_MODEL,
+                 weight_dtype="default")
+    clip = g.add("CLIPLoader", (COL_LOADERS, TOP + 130), title="Load T5-XXL (PixArt)", clip_name=T5XXL,
+                 type="pixart")
+    prompts = [g.add("CLIPTextEncode", (COL_PROMPTS, TOP + 150 * i), title=f"Training prompt {i + 1}",
+                     prompt_role="positive", node_size=(NODE_WIDTH, 110), text=text, clip=clip[0])
+               for i, text in enumerate(DISTILL_PROMPTS)]
+    negative = g.add("CLIPTextEncode", (COL_PROMPTS, TOP + 150 * len(prompts)), title="Negative prompt",
+                     prompt_role="negative", node_size=(NODE_WIDTH, 110), text=NEGATIVE, clip=clip[0])
+    combined = prompts[0][0]
+    for i, prompt in enumerate(prompts[1:], 1):
+        combined = g.add("ConditioningCombine", (COL_BASE, TOP + 150 * i - 40), node_size=(260, None),
+                         conditioning_1=combined, conditioning_2=prompt[0])[0]
+    setup_nodes = g.nodes[1:]
+    distill = g.add("EDiTDistill", (COL_DISTILL, TOP), node_size=(360, None), model=unet[0], positive=combined,
+                    negative=negative[0], seed=SEED, save_name=DISTILL_SAVE_NAME, reduction=4, backend="auto", **d)
+    loss = g.add("PreviewImage", (COL_DISTILL, TOP + 460), title="Loss curve", node_size=(360, 260),
+                 images=distill.out("loss"))
+    distill_nodes = [distill, loss]
+    first_try = len(g.nodes)
+    model = g.add("EDiTApply", (COL_TRY, TOP), title="Apply EDiT Attention (the new adapter)", model=unet[0],
+                  adapter=distill.out("EDIT_ADAPTER"), backend="auto", eta="adapter default",
+                  convert_attn2="adapter default", start_block=0, end_block=-1)[0]
+    empty = g.add(f["latent_node"], (COL_TRY, TOP + 230), width=d["width"], height=d["height"], batch_size=1)
+    sampler = g.add("KSampler", (COL_TRY, TOP + 380), title=f"KSampler ({d['width']}², prompt 1)", model=model,
+                    seed=SEED, steps=f["steps"], cfg=f["cfg"], sampler_name=f["sampler"], scheduler=f["scheduler"],
+                    positive=prompts[0][0], negative=negative[0], latent_image=empty[0], denoise=1.0)
+    vae = g.add("VAELoader", (COL_TRY_OUT, TOP), vae_name=PIXART_VAE)
+    image = g.add("VAEDecode", (COL_TRY_OUT, TOP + 130), samples=sampler[0], vae=vae[0])
+    save = g.add("SaveImage", (COL_TRY_OUT, TOP + 250), node_size=(360, 360), images=image[0],
+                 filename_prefix=f"EDiT/{name}")
+    g.group("1. Teacher + training prompts", setup_nodes)
+    g.group("2. Distil (GPU, hours: see the note)", distill_nodes, color="#8a6e3f")
+    g.group("3. Try the adapter", g.nodes[first_try:], color="#3f8a5a")
+    return g
+
+
 WORKFLOWS: dict[str, Callable[[dict], Graph]] = {
     "pixart_sigma_edit_1024": lambda info: text_to_image(info, "pixart_sigma_edit_1024", "pixart"),
     "pixart_sigma_edit_4k_tiled": lambda info: tiled(info, "pixart_sigma_edit_4k_tiled", "pixart", 4096),
@@ -561,6 +671,7 @@ WORKFLOWS: dict[str, Callable[[dict], Graph]] = {
     "sd35m_mmedit_4k_tiled": lambda info: tiled(info, "sd35m_mmedit_4k_tiled", "sd35m", 4096),
     "sd35m_mmedit_8k_tiled": lambda info: tiled(info, "sd35m_mmedit_8k_tiled", "sd35m", 8192),
     "edit_checkpoint_1024": lambda info: checkpoint_text_to_image(info, "edit_checkpoint_1024"),
+    "pixart_sigma_distill_adapter": lambda info: distill_adapter(info, "pixart_sigma_distill_adapter"),
 }
 
 

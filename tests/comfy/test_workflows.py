@@ -18,12 +18,14 @@ Stand-ins under the file names the workflows use (models/<folder>/<name>):
   each CLIPTextEncode becomes the test-only EDiTTestConditioning (random text embeddings of the right shape)
   and the text-encoder loaders are dropped.
 
-Scaled-down runs multiply the latent and tile sizes by one factor per family (1024 px → 64 px for SD3, 272 px
-for PixArt, whose positional embedding needs at least 34 latent px), rounded up to each input's step and
+Scaled-down runs multiply the latent, tile and training sizes by one factor per workflow: its base size (the
+empty latent's) becomes 64 px for SD3 and 272 px for PixArt, whose positional embedding needs at least 34 latent
+px (1024 px → 272 px, and 512 px → 272 px in the distillation workflow), rounded up to each input's step and
 minimum, and sample 1 step. SD3 keeps the 4×/8× upscale ("4K" = 256 px, "8K" = 512 px). PixArt upscales 2×
 for "4K" and 3× for "8K" (544 and 816 px): 4× or 8× of 272 px would spend 25 s to 2.5 min in the random
 TAESD decode alone on 2 CPU cores. VAE Decode (Tiled) keeps its 512 px tiles (smaller tiles make the decode
-several times slower).
+several times slower). Distill EDiT Adapter trains 2 steps on 1 teacher latent per prompt, sampled in 1 step,
+on the tiny PixArt-Σ (a few seconds); the adapter it saves feeds the workflow's Apply EDiT Attention.
 """
 
 import os
@@ -49,15 +51,19 @@ WORKFLOW_DIR = os.path.join(REPO, "workflows")
 WORKFLOW_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
 EXPECTED_WORKFLOWS = {"pixart_sigma_edit_1024.json", "pixart_sigma_edit_4k_tiled.json",
                       "pixart_sigma_edit_8k_tiled.json", "sd35m_mmedit_1024.json", "sd35m_mmedit_4k_tiled.json",
-                      "sd35m_mmedit_8k_tiled.json", "edit_checkpoint_1024.json"}
+                      "sd35m_mmedit_8k_tiled.json", "edit_checkpoint_1024.json", "pixart_sigma_distill_adapter.json"}
+DISTILL_WORKFLOW = "pixart_sigma_distill_adapter.json"
+# the output nodes each workflow has (besides SaveImage): Distill EDiT Adapter is one, its loss curve a Preview
+EXTRA_OUTPUTS = {DISTILL_WORKFLOW: ["EDiTDistill", "PreviewImage"]}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"}
 
 # scaled-down runs (module docstring): pixel scale, and the upscale factor a workflow's 4× / 8× becomes
-SCALE = {"sd3": 64 / 1024, "pixart": 272 / 1024}
+TEST_BASE_PX = {"sd3": 64, "pixart": 272}  # the workflow's base size (its empty latent) becomes this
 TEST_UPSCALE = {"sd3": lambda factor: factor, "pixart": lambda factor: int(math.log2(factor))}  # PixArt: 2×, 3×
 TEST_STEPS = 1
+TEST_DISTILL = {"steps": 2, "batch_size": 1, "samples_per_prompt": 1, "teacher_steps": 1}  # Distill EDiT Adapter
 
 
 def _load_generator():
@@ -202,6 +208,7 @@ SCALED_INPUTS = {  # class → pixel-size inputs
     "EmptyLatentImage": ("width", "height"), "EmptySD3LatentImage": ("width", "height"),
     "LatentUpscale": ("width", "height"),
     "EDiTTiledDiffusion": ("tile_width", "tile_height", "overlap"),
+    "EDiTDistill": ("width", "height"),
 }  # VAE Decode (Tiled) keeps its 512 px tiles: smaller ones make the random TAESD decode several times slower
 
 
@@ -211,17 +218,20 @@ def scaled_down(prompt: dict, info: dict) -> tuple[dict, int]:
     family = family_of(prompt)
     prompt = copy.deepcopy(prompt)
     (base,) = {n["inputs"]["width"] for n in prompt.values() if n["class_type"].startswith("Empty")}
+    scale = TEST_BASE_PX[family] / base
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         for name in SCALED_INPUTS.get(kind, ()):
             options = info[kind]["input"]["required"][name][1]
             if kind == "LatentUpscale":
                 factor = TEST_UPSCALE[family](round(inputs[name] / base))
-                inputs[name] = factor * _scaled(base, SCALE[family], options)
+                inputs[name] = factor * _scaled(base, scale, options)
             else:
-                inputs[name] = _scaled(inputs[name], SCALE[family], options)
+                inputs[name] = _scaled(inputs[name], scale, options)
         if kind == "KSampler":
             inputs["steps"] = TEST_STEPS
+        elif kind == "EDiTDistill":
+            inputs.update(TEST_DISTILL)
         elif kind == "CLIPTextEncode":
             prompt[node_id] = {"class_type": "EDiTTestConditioning",
                                "inputs": {"family": family, "seed": int(node_id), "length": 20}}
@@ -305,7 +315,7 @@ def _validate(env, prompt: dict):
 
 # ---------------------------------------------------------------------------------------------- tests
 
-def test_workflows_folder_holds_the_seven_examples():
+def test_workflows_folder_holds_the_eight_examples():
     assert set(WORKFLOW_FILES) == EXPECTED_WORKFLOWS
 
 
@@ -341,7 +351,7 @@ def test_workflow_converts_to_a_prompt_that_comfyui_accepts(name, comfy_env, inf
     assert not any(n["class_type"] in FRONTEND_ONLY for n in prompt.values())
     valid, error, outputs, node_errors = _validate(comfy_env, prompt)
     assert valid, (error, node_errors)
-    assert [prompt[o]["class_type"] for o in outputs] == ["SaveImage"]
+    assert sorted(prompt[o]["class_type"] for o in outputs) == sorted(["SaveImage", *EXTRA_OUTPUTS.get(name, [])])
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
@@ -349,9 +359,29 @@ def test_workflow_runs_scaled_down_to_an_image_of_the_expected_size(name, comfy_
     from PIL import Image
 
     prompt, side = scaled_down(ui_to_api(read_workflow(name), info), info)
+    adapters_before = set(os.listdir(comfy_env.path("models", "edit")))
     result = comfy_env.run_prompt(prompt)
     assert result.valid and result.success, result.error_text()
-    (images,) = [out["images"] for out in result.outputs.values() if "images" in out]
+    (save,) = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    images = result.outputs[save]["images"]
     path = os.path.join(comfy_env.path("output"), images[0]["subfolder"], images[0]["filename"])
     with Image.open(path) as image:
         assert image.size == (side, side)
+    new_adapters = set(os.listdir(comfy_env.path("models", "edit"))) - adapters_before
+    if name != DISTILL_WORKFLOW:
+        assert not new_adapters
+        return
+    # the distilled adapter: saved next to the stand-in the generation workflows load (never over it), and
+    # its loss curve previewed
+    (preview,) = [node_id for node_id, node in prompt.items() if node["class_type"] == "PreviewImage"]
+    curve = result.outputs[preview]["images"][0]
+    import folder_paths
+
+    with Image.open(os.path.join(folder_paths.get_temp_directory(), curve["subfolder"], curve["filename"])) as image:
+        assert image.size == (640, 360)
+    assert new_adapters == {make_workflows.PIXART_ADAPTER.replace(".safetensors", "_00001.safetensors")}
+    from edit_core.adapter import load_adapter
+
+    training = load_adapter(comfy_env.path("models", "edit", *new_adapters)).config.training
+    assert training["steps"] == TEST_DISTILL["steps"] and training["prompts"] == len(make_workflows.DISTILL_PROMPTS)
+    assert training["size"] == [side, side]
