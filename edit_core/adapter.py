@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -31,6 +30,7 @@ import torch
 
 from .families import FAMILY_TITLES, KNOWN_FAMILIES, SUPPORTED_FAMILIES, TeacherSpec, detect_teacher
 from .ops import ETA_MODES
+from .safetensors_file import SafetensorsFileError, read_header
 from .variants import default_variant, get_variant, list_variants
 
 FORMAT = "edit-adapter"
@@ -193,36 +193,10 @@ def save_adapter(adapter: Adapter, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- loading
 
 def _read_header(path: str) -> tuple[dict, dict]:
-    """Parse the safetensors header ourselves so every kind of bad file gets a precise message."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(9)  # the little-endian header length may start with 0x80; its JSON starts at byte 8
-        if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
-            raise AdapterError(path, ["this is a pickle / PyTorch checkpoint (.pt/.ckpt/.bin); only safetensors "
-                                      "adapters are loaded, never unpickled"])
-        if len(head) < 8:
-            raise AdapterError(path, [f"not a safetensors file (only {size} bytes)"])
-        head = head[:8]
-        f.seek(8)
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > 100_000_000 or header_len > size - 8:
-            if header_len <= 100_000_000:
-                raise AdapterError(path, [f"the file is truncated: its header says {header_len} bytes, the file has "
-                                          f"{size - 8}"])
-            raise AdapterError(path, ["not a safetensors file (no valid header)"])
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise AdapterError(path, ["not a safetensors file (its header is not JSON)"]) from None
-    if not isinstance(header, dict):
-        raise AdapterError(path, ["not a safetensors file (its header is not a JSON object)"])
-    metadata = header.pop("__metadata__", None) or {}
-    data_len = size - 8 - header_len
-    end = max((int(v["data_offsets"][1]) for v in header.values() if isinstance(v, dict) and "data_offsets" in v),
-              default=0)
-    if end > data_len:
-        raise AdapterError(path, [f"the file is truncated: its tensors need {end} bytes of data, it has {data_len}"])
-    return header, metadata
+    try:
+        return read_header(path)
+    except SafetensorsFileError as e:
+        raise AdapterError(path, [e.problem]) from None
 
 
 def _parse_config(path: str, md: Mapping[str, str]) -> AdapterConfig:

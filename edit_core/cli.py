@@ -17,10 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from .safetensors_file import SafetensorsFileError, read_shapes
+
 EXIT_OK, EXIT_USER_ERROR = 0, 2
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class CommandError(Exception):
@@ -29,33 +28,12 @@ class CommandError(Exception):
 
 # ---------------------------------------------------------------------------------------------- teachers
 
-def _check_safetensors(path: str) -> None:
-    """A safetensors file is an 8-byte little-endian header length, then a JSON header starting with "{"."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
-        return
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        raise CommandError(f"'{path}' is a pickle / PyTorch checkpoint (.pt/.ckpt/.bin); only .safetensors files are "
-                           "read, never unpickled (convert it to safetensors first)")
-    raise CommandError(f"'{path}' is not a safetensors file (no safetensors header)")
-
-
 def _read_shapes(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Every tensor of a safetensors file as a meta tensor (shape and dtype, no data), and its metadata."""
-    from safetensors import SafetensorError, safe_open
-
-    _check_safetensors(path)
     try:
-        with safe_open(path, framework="pt") as f:
-            shapes = {}
-            for key in f.keys():
-                piece = f.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32)
-                shapes[key] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
-            return shapes, f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CommandError(f"'{path}' is not a readable safetensors file ({e})") from None
+        return read_shapes(path)
+    except SafetensorsFileError as e:
+        raise CommandError(str(e)) from None
 
 
 def _model_directory(path: str) -> tuple[list[str], dict]:

@@ -27,10 +27,10 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 
 from ..families import FAMILY_TITLES, FamilyError, detect_teacher
+from ..safetensors_file import SafetensorsFileError, read_shapes
 
 PIPELINES = {"PixArtSigmaPipeline": "pixart_sigma", "StableDiffusion3Pipeline": "sd35_medium"}
 TRANSFORMERS = {"PixArtTransformer2DModel": "pixart_sigma", "SD3Transformer2DModel": "sd35_medium"}
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class TeacherError(ValueError):
@@ -68,21 +68,10 @@ def _read_json(path: str) -> dict:
 
 
 def _header(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError, safe_open
-
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):  # a safetensors length may start 0x80
-        raise TeacherError(f"'{path}' is a pickle / PyTorch checkpoint; only .safetensors files are read, never "
-                           "unpickled (convert it to safetensors first)")
     try:
-        with safe_open(path, framework="pt") as f:
-            shapes = {k: torch.empty(f.get_slice(k).get_shape(), dtype=_DTYPES.get(f.get_slice(k).get_dtype(),
-                                                                                     torch.float32), device="meta")
-                      for k in f.keys()}
-            return shapes, f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TeacherError(f"'{path}' is not a readable safetensors file ({e})") from None
+        return read_shapes(path)
+    except SafetensorsFileError as e:
+        raise TeacherError(str(e)) from None
 
 
 def _family_from_weights(files: Sequence[str], config: dict, where: str) -> str:
