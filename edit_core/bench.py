@@ -244,6 +244,7 @@ def timing_problem(backend: str, device: str) -> Optional[str]:
         return None
     from .ops import backends
 
+    backends.load_backend("linear_attention", "triton")
     if backend == "triton" and "triton" not in backends.available_backends("linear_attention"):
         return backends._UNAVAILABLE.get("triton", "the triton backend is not registered")
     interpreted = _triton_interpreted()

@@ -6,6 +6,10 @@ order, whose cheap ``auto_ok(*tensors)`` check passes (``supports`` unless given
 forced where it should not be the default, like Triton's CPU interpreter, sets both); the torch path
 supports everything and is the fallback. Forcing a backend that is not registered, or that cannot run
 these inputs, raises an error saying why and what to install.
+
+A backend with a heavy optional dependency (Triton's import takes about a second) is registered lazily:
+its loader runs the first time it is forced, or when ``"auto"`` sees inputs its cheap ``may_apply``
+check accepts, so importing ``edit_core`` (and ComfyUI's start-up) never pays for it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Backend:
 _REGISTRY: dict[str, dict[str, Backend]] = {}
 _UNAVAILABLE: dict[str, str] = {}
 _AUTO_DISABLED: dict[tuple[str, str], str] = {}
+_LAZY: dict[tuple[str, str], tuple[Callable[[], None], Callable[..., bool]]] = {}
 
 
 def _always(*args, **kwargs) -> str | None:
@@ -43,6 +48,20 @@ def register_backend(op: str, name: str, fn: Callable, *, priority: int = 0,
                      auto_ok: Callable[..., str | None] | None = None) -> None:
     """Register ``fn`` as the ``name`` implementation of ``op`` (higher priority wins for "auto")."""
     _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, priority, supports, auto_ok)
+
+
+def register_lazy_backend(op: str, name: str, loader: Callable[[], None], *,
+                          may_apply: Callable[..., bool]) -> None:
+    """``loader()`` imports the implementation and calls ``register_backend`` (or ``mark_unavailable``);
+    it runs once, when ``name`` is forced or ``"auto"`` sees inputs ``may_apply(*tensors)`` accepts."""
+    _LAZY[(op, name)] = (loader, may_apply)
+
+
+def load_backend(op: str, name: str) -> None:
+    """Run ``name``'s lazy loader for ``op`` now, if it has one that has not run yet."""
+    entry = _LAZY.pop((op, name), None)
+    if entry is not None:
+        entry[0]()
 
 
 def mark_unavailable(name: str, reason: str) -> None:
@@ -61,6 +80,12 @@ def available_backends(op: str) -> list[str]:
 
 def resolve(op: str, backend: str, *tensors: torch.Tensor, **kwargs) -> Callable:
     """Return the implementation of ``op`` for ``backend`` given the actual inputs."""
+    if backend == "auto":
+        for lazy_op, name in [key for key in _LAZY if key[0] == op]:
+            if _LAZY[(lazy_op, name)][1](*tensors, **kwargs):
+                load_backend(op, name)
+    else:
+        load_backend(op, backend)
     impls = _REGISTRY.get(op)
     if not impls:
         raise KeyError(f"no implementation registered for op {op!r}")

@@ -123,6 +123,7 @@ def test_forcing_a_backend_that_cannot_run_here_says_why(comfy_env, sd3, apply_e
     backends = comfy_env.pack("edit_core.ops.backends")
     monkeypatch.setattr(backends, "_REGISTRY", {op: {k: v for k, v in impls.items() if k != "triton"}
                                                 for op, impls in backends._REGISTRY.items()})
+    monkeypatch.setattr(backends, "_LAZY", {key: entry for key, entry in backends._LAZY.items() if key[1] != "triton"})
     with pytest.raises(ValueError, match="attention backend 'triton' is unavailable: .*choose backend 'auto'"):
         apply_edit(sd3.model, sd3.adapter, backend="triton")
     apply_edit(sd3.model, sd3.adapter, backend="auto")

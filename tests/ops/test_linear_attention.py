@@ -122,6 +122,7 @@ def test_auto_falls_back_to_torch_when_a_fast_backend_fails(monkeypatch, caplog)
 
     monkeypatch.setitem(backends._REGISTRY, "linear_attention", dict(backends._REGISTRY["linear_attention"]))
     monkeypatch.setattr(backends, "_AUTO_DISABLED", {})
+    monkeypatch.setattr(backends, "_LAZY", {})
     backends.register_backend("linear_attention", "triton", broken, priority=99)
     q, k, v = _inputs(1, 1, 5, 3, 4, 4)
     out = linear_attention(q, k, v)
@@ -141,3 +142,14 @@ def test_chunked_apply_is_differentiable(monkeypatch):
     linear_attention(q32, k32, v32, backend="torch").sum().backward()
     for fast, ref in ((q32, q), (k32, k), (v32, v)):
         assert rel_rmse(fast.grad, ref.grad) <= 1e-5
+
+
+def test_importing_the_ops_does_not_import_triton():
+    """Triton's import costs about a second of ComfyUI start-up: it is loaded only when forced or on CUDA."""
+    import subprocess
+    import sys
+    script = "import sys, torch, edit_core.ops as ops; q = torch.rand(1, 1, 3, 4); ops.linear_attention(q, q, q); " \
+             "print('triton' in sys.modules)"
+    root = __file__.rsplit("/tests/", 1)[0]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
+    assert result.stdout.strip() == "False"

@@ -24,17 +24,24 @@ OP_NAME = "linear_attention"
 
 backends.register_backend(OP_NAME, "torch", linear_attention_torch, priority=0)
 
-try:  # optional: importing edit_core must not fail when triton is missing or broken
-    from .triton_impl import linear_attention_triton, triton_auto_ok, triton_supports
-except Exception as exc:  # noqa: BLE001 - a missing or broken triton must not break the node pack
-    if isinstance(exc, ModuleNotFoundError) and exc.name == "triton":
-        backends.mark_unavailable("triton", "install triton (pip install triton) — it needs an NVIDIA GPU")
+
+def _load_triton() -> None:
+    """Import and register the Triton backend (lazily: importing triton takes about a second). A missing or
+    broken triton only marks the backend unavailable, with the reason shown when someone forces it."""
+    try:
+        from .triton_impl import linear_attention_triton, triton_auto_ok, triton_supports
+    except Exception as exc:  # noqa: BLE001 - a missing or broken triton must not break the node pack
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "triton":
+            backends.mark_unavailable("triton", "install triton (pip install triton) — it needs an NVIDIA GPU")
+        else:
+            backends.mark_unavailable("triton", f"triton failed to import ({type(exc).__name__}: {exc}); "
+                                                "reinstall the triton version that matches your torch")
     else:
-        backends.mark_unavailable("triton", f"triton failed to import ({type(exc).__name__}: {exc}); "
-                                            "reinstall the triton version that matches your torch")
-else:
-    backends.register_backend(OP_NAME, "triton", linear_attention_triton, priority=10,
-                              supports=triton_supports, auto_ok=triton_auto_ok)
+        backends.register_backend(OP_NAME, "triton", linear_attention_triton, priority=10,
+                                  supports=triton_supports, auto_ok=triton_auto_ok)
+
+
+backends.register_lazy_backend(OP_NAME, "triton", _load_triton, may_apply=lambda q, *rest, **kw: q.is_cuda)
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
