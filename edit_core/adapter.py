@@ -28,10 +28,10 @@ from typing import Mapping, Optional
 
 import torch
 
-from .families import FAMILY_TITLES, KNOWN_FAMILIES, SUPPORTED_FAMILIES, TeacherSpec, detect_teacher
+from .families import TeacherSpec, detect_teacher, family_names, family_title, get_family, is_family
 from .ops import ETA_MODES
 from .safetensors_file import SafetensorsFileError, read_header
-from .variants import default_variant, get_variant, list_variants
+from .variants import get_variant, list_variants
 
 FORMAT = "edit-adapter"
 FORMAT_VERSION = 1
@@ -67,7 +67,7 @@ class AdapterConfig:
 
     @property
     def title(self) -> str:
-        return FAMILY_TITLES.get(self.family, self.family)
+        return family_title(self.family)
 
     def describe(self) -> str:
         return f"{self.title} ({self.num_blocks} blocks, width {self.hidden_size})"
@@ -153,8 +153,8 @@ def init_adapter_from_teacher(state_dict: Mapping[str, torch.Tensor], family: Op
     attention (EDiT) / the hybrid with plain linear image↔image attention (MM-EDiT) on the teacher's
     own projections. Deterministic for a given ``seed``."""
     spec = detect_teacher(state_dict, family, num_heads)
-    variant = variant or default_variant(spec.family)
-    if spec.family not in get_variant(variant).families:
+    variant = variant or spec.record.default_variant
+    if not get_variant(variant).converts(spec.record):
         raise ValueError(f"variant {variant!r} does not convert {spec.title}")
     if eta not in ETA_MODES:
         raise ValueError(f"eta must be one of {ETA_MODES}, got {eta!r}")
@@ -214,12 +214,13 @@ def _parse_config(path: str, md: Mapping[str, str]) -> AdapterConfig:
                             "update ComfyUI-EDiT")
     except ValueError:
         problems.append(f"metadata 'format_version' is not a number: {md['format_version']!r}")
-    if md["family"] not in KNOWN_FAMILIES:
-        problems.append(f"unknown model family {md['family']!r}")
-    elif md["family"] not in SUPPORTED_FAMILIES:
-        problems.append(f"model family {FAMILY_TITLES[md['family']]} is not supported by this version")
+    if not is_family(md["family"]):
+        problems.append(f"unknown model family {md['family']!r} (this version knows {', '.join(family_names())}; "
+                        "a newer ComfyUI-EDiT may)")
     if md["variant"] not in list_variants():
         problems.append(f"unknown attention variant {md['variant']!r} (known: {', '.join(list_variants())})")
+    elif is_family(md["family"]) and not get_variant(md["variant"]).converts(get_family(md["family"])):
+        problems.append(f"attention variant {md['variant']!r} cannot convert {family_title(md['family'])}")
     ints = {}
     for key in ("num_blocks", "hidden_size", "num_heads", "head_dim", "reduction"):
         try:
@@ -315,7 +316,7 @@ def load_adapter(path: str, expect_family: Optional[str] = None) -> Adapter:
     _, metadata = _read_header(path)
     config = _parse_config(path, metadata)
     if expect_family is not None and config.family != expect_family:
-        raise AdapterError(path, [f"it is for {config.describe()}, not {FAMILY_TITLES.get(expect_family, expect_family)}"])
+        raise AdapterError(path, [f"it is for {config.describe()}, not {family_title(expect_family)}"])
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -339,7 +340,7 @@ def adapter_summary(adapter: Adapter) -> str:
              f"reduction r:     {c.reduction}",
              f"converted:       {len(c.converted_blocks)} attention layers" +
              (f" + {len(c.attn2_blocks)} attn2 layers" if c.attn2_blocks else ""),
-             f"eta:             {c.eta}" if c.family.startswith("sd3") else None,
+             f"eta:             {c.eta}" if get_family(c.family).joint else None,
              f"fine-tuned:      {', '.join(finetuned) if finetuned else 'none (teacher projections)'}",
              f"parameters:      {n_params:,} ({n_params * 4 / 2**20:.1f} MiB in fp32)",
              f"training:        {json.dumps(c.training, sort_keys=True)}"]

@@ -19,6 +19,13 @@ import torch
 
 from .safetensors_file import SafetensorsFileError, read_shapes
 
+
+def family_choices() -> list[str]:
+    """Every family name and alias ``--family`` accepts."""
+    from .families import list_families
+
+    return [name for f in list_families() for name in (f.name, *f.aliases)]
+
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
 
@@ -113,12 +120,15 @@ def cmd_init_adapter(args: argparse.Namespace) -> int:
         load_adapter,
         save_adapter,
     )
-    from .families import FAMILY_TITLES
+    from .families import family_title, get_family
 
     _check_output(args.out)
     state, config_heads = read_teacher(args.teacher)
     heads = args.heads or config_heads
-    family = {"pixart": "pixart_sigma", "sd35": "sd35_medium"}.get(args.family, args.family)
+    try:
+        family = None if args.family is None else get_family(args.family).name
+    except KeyError as e:
+        raise CommandError(f"--family: {e.args[0]}") from None
     try:
         adapter = init_adapter_from_teacher(state, family, reduction=args.reduction, num_heads=heads,
                                             convert_attn2=not args.no_attn2, eta=args.eta, seed=args.seed)
@@ -134,7 +144,7 @@ def cmd_init_adapter(args: argparse.Namespace) -> int:
         save_adapter(adapter, args.out)
     except OSError as e:
         raise CommandError(f"cannot write '{args.out}': {e.strerror or e}") from None
-    print(f"wrote {args.out}: starting adapter for {FAMILY_TITLES[adapter.config.family]} "
+    print(f"wrote {args.out}: starting adapter for {family_title(adapter.config.family)} "
           f"(ConvFusion zero-initialised, compressors blur-initialised: plain ReLU linear attention on the "
           f"teacher's projections until it is distilled)")
     print(adapter_summary(load_adapter(args.out)))
@@ -155,11 +165,8 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _bench_from_json(args, bench)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     warmup, repeats = bench.default_repeats(device)
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
-    unknown = [f for f in families if f not in bench.FAMILY_SECTIONS]
-    if unknown or not families:
-        raise CommandError(f"--families: unknown {unknown}; choose from {', '.join(bench.FAMILY_SECTIONS)}")
-    sections = {s for f in families for s in bench.FAMILY_SECTIONS[f]}
+    families = bench.parse_families(args.families)
+    sections = {s for f in families for s in bench.family_sections(f)}
     if args.sections:
         asked = {s.strip() for s in args.sections.split(",") if s.strip()}
         unknown = asked - set(bench.SECTION_ORDER)
@@ -178,7 +185,7 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sections=tuple(s for s in bench.SECTION_ORDER if s in sections), batch=args.batch,
         shapes=bench.TINY_SHAPES if args.tiny else bench.FULL_SHAPES, seed=args.seed,
         command="python -m edit_core " + " ".join(shlex.quote(a) for a in argv),
-        families=tuple(f for f in bench.FAMILIES if f in families),
+        families=families,
         bandwidth_tokens=bench.parse_tokens(args.bw_tokens, "--bw-tokens") if args.bw_tokens else
         (bench.TINY_BANDWIDTH_TOKENS if args.tiny else bench.BANDWIDTH_TOKENS),
         resolutions=bench.parse_resolutions(args.resolutions) if args.resolutions else
@@ -279,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher weights: a .safetensors file (ComfyUI or diffusers keys, full checkpoints too) or "
                         "a diffusers model folder (diffusion_pytorch_model*.safetensors, sharded or not, + config.json)")
     p.add_argument("--out", required=True, metavar="FILE", help="adapter file to write (.safetensors)")
-    p.add_argument("--family", choices=("pixart_sigma", "sd35_medium", "pixart", "sd35"), default=None,
+    p.add_argument("--family", choices=family_choices(), default=None,
                    help="expected model family; detected from the keys when omitted, an error if they disagree")
     p.add_argument("--reduction", type=int, default=4, metavar="R",
                    help="ConvFusion channel reduction r (the 3×3 conv maps C → C/r); must divide the width")
@@ -324,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 1 on cpu, 10 on cuda)")
     p.add_argument("--backend", default="torch",
                    help="EDiT attention backend(s), comma-separated: torch, triton, auto; each gets its own rows")
-    p.add_argument("--families", default="pixart,sd35",
-                   help="pixart = op, layer and block sections; sd35 = the joint-attention section; in op-bw and "
-                        "model, which models' heads / transformers")
+    p.add_argument("--families", default="pixart_sigma,sd35_medium",
+                   help="pixart_sigma (or pixart) = op, layer and block sections; sd35_medium (or sd35) = the "
+                        "joint-attention section; in op-bw and model, which models' heads / transformers")
     p.add_argument("--sections", default=None,
                    help="these sections: op, layer, joint, block (the default), op-bw, model, e.g. --sections "
                         "op-bw,model")

@@ -81,6 +81,23 @@ def build_tiny_sd3(config: Optional[dict] = None, seed: int = 0, dtype=torch.flo
     return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
+QUICK_CONFIGS = {"pixart_sigma": PIXART_QUICK, "sd35_medium": SD35_TINY}
+"""The unit-test size of each family that has one (others: pass a config)."""
+
+
+def build_tiny(family: str, config: Optional[dict] = None, seed: int = 0, dtype=torch.float32):
+    """A diffusers transformer of ``family``'s class with ``config`` (default: its ``QUICK_CONFIGS`` entry) and
+    seeded random weights (eval mode)."""
+    from .families import get_family
+
+    record = get_family(family)
+    if config is None and record.name not in QUICK_CONFIGS:
+        raise ValueError(f"no tiny config for {record.title}: pass one")
+    model = getattr(_diffusers(), record.architecture.diffusers_class)(**(config or QUICK_CONFIGS[record.name]))
+    model = _randomize(model, seed)
+    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+
+
 def comfy_pixart_state_dict(hidden: int = 64, depth: int = 2, caption_channels: int = 32, in_channels: int = 4,
                             seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
     """A PixArt-Σ state dict in ComfyUI's key layout (fused ``blocks.{i}.attn.qkv``), random weights.
@@ -118,5 +135,5 @@ def comfy_pixart_state_dict(hidden: int = 64, depth: int = 2, caption_channels: 
     return {prefix + k: v for k, v in sd.items()}
 
 
-__all__ = ["PIXART_DEMO", "PIXART_QUICK", "SD35_TINY", "build_tiny_pixart", "build_tiny_sd3",
+__all__ = ["PIXART_DEMO", "PIXART_QUICK", "SD35_TINY", "QUICK_CONFIGS", "build_tiny", "build_tiny_pixart", "build_tiny_sd3",
            "comfy_pixart_state_dict", "config_heads", "config_width"]

@@ -1,20 +1,20 @@
-"""Apply an EDiT adapter to a ComfyUI MODEL: detect, check, clone, patch.
+"""Apply an EDiT adapter to a ComfyUI MODEL: detect, plan, clone, patch.
 
 ``apply_edit`` never touches the MODEL it is given: it clones it and adds to the clone
 - one ModelPatcher holding the adapter's per-layer modules (``comfy.ops.manual_cast`` layers in the
   model's compute dtype), attached with ``set_additional_models`` so ComfyUI loads, offloads and counts
   it with the model;
-- object patches replacing the converted attentions (``patch_pixart`` / ``patch_mmdit``);
-- the adapter's fine-tuned teacher tensors, if any, as ``"diff"`` weight patches on the fused
-  ``qkv``/``proj``/norm keys (row ranges of ``qkv``), so LoRAs stack before or after;
-- an attachment describing what was applied (read by Save EDiT Checkpoint).
+- the family's host patcher's object patches (``nodes/hosts``) replacing the converted attentions;
+- the adapter's fine-tuned teacher tensors, if any, as ``"diff"`` weight patches on the keys the family's
+  ComfyUI key layout names (row ranges of a fused ``qkv``), so LoRAs stack before or after;
+- an attachment describing what was applied (read by Save EDiT Checkpoint and distillation).
+Which layers convert is ``edit_core.conversion.plan_conversion``'s answer; this module maps the node's
+UI strings onto it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -23,21 +23,18 @@ import comfy.model_patcher
 import comfy.ops
 
 from ..edit_core.adapter import AdapterConfig
-from ..edit_core.families import FAMILY_TITLES, FamilyError, TeacherSpec, detect_teacher
+from ..edit_core.conversion import ConversionPlan, plan_conversion
+from ..edit_core.families import TeacherSpec, tensor_place
 from ..edit_core.ops import backends
-from ..edit_core.variants import get_variant
-from .patch_mmdit import patch_mmdit
-from .patch_pixart import patch_pixart
+from ..edit_core.ops.backends import BACKEND_NAMES
+from .hosts import EDiTModelError, describe_model
 
 ATTACHMENT_KEY = "edit"
 ADDITIONAL_MODELS_KEY = "edit"
-BACKENDS = ("auto", "torch", "triton")
+MODEL_PREFIX = "diffusion_model."  # ModelPatcher keys of the diffusion model's ComfyUI-layout weights
+BACKENDS = BACKEND_NAMES
 ETA_CHOICES = ("adapter default", "approx", "exact")
-ATTN2_CHOICES = ("adapter default", "off")
-
-
-class EDiTModelError(ValueError):
-    """This MODEL cannot take EDiT attention (not PixArt-Σ / SD3.5-M, already converted, …)."""
+ATTN2_CHOICES = {"adapter default": "adapter", "off": "off"}  # UI string → conversion plan's attn2 mode
 
 
 @dataclass
@@ -48,6 +45,7 @@ class EDiTApplied:
     spec: TeacherSpec
     backend: str
     finetuned_keys: list
+    converted: dict  # (block, slot) → the attention module running there
 
 
 class EDiTAdapterModules(torch.nn.Module):
@@ -58,52 +56,9 @@ class EDiTAdapterModules(torch.nn.Module):
         self.layers = torch.nn.ModuleDict({f"{block}_{slot}": layer for (block, slot), layer in layers.items()})
 
 
-def _kind(diffusion_model) -> Optional[str]:
-    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
-    import comfy.ldm.pixart.pixartms as pixartms
-
-    if isinstance(diffusion_model, pixartms.PixArtMS):
-        return "pixart"
-    if isinstance(diffusion_model, mmdit.MMDiT):
-        return "mmdit"
-    return None
-
-
-def describe_model(model) -> TeacherSpec:
-    """Family and attention geometry of a MODEL, from its diffusion model's class, keys and shapes."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    kind = _kind(diffusion_model)
-    name = f"{type(model.model).__name__} ({type(diffusion_model).__name__})"
-    if kind is None:
-        raise EDiTModelError(f"EDiT converts PixArt-Sigma and SD3.5-Medium models; this MODEL is {name}")
-    state = diffusion_model.state_dict(keep_vars=True)  # references, no copies
-    try:
-        spec = detect_teacher(state, num_heads=int(diffusion_model.num_heads) if kind == "pixart" else None)
-    except FamilyError as e:
-        raise EDiTModelError(f"this MODEL ({name}) cannot be converted: {e}") from None
-    return spec
-
-
 def compute_dtype(model) -> torch.dtype:
     dtype = model.get_model_object("manual_cast_dtype")
     return dtype if dtype is not None else model.model.get_dtype()
-
-
-def select_layers(config: AdapterConfig, num_blocks: int, start_block: int = 0, end_block: int = -1,
-                  convert_attn2: str = "adapter default") -> tuple[list[int], list[int]]:
-    last = num_blocks - 1
-    end = last if end_block < 0 else min(int(end_block), last)
-    start = max(0, int(start_block))
-    if start > end:
-        raise ValueError(f"EDiT block range {start_block}..{end_block} is empty for a model with {num_blocks} "
-                         f"blocks (0..{last}; end -1 = last)")
-    attn = [b for b in config.converted_blocks if start <= b <= end]
-    attn2 = [] if convert_attn2 == "off" else [b for b in config.attn2_blocks if start <= b <= end]
-    if not attn and not attn2:
-        raise ValueError(f"the adapter converts no attention in blocks {start}..{end} (it converts blocks "
-                         f"{config.converted_blocks}" + (f", attn2 {config.attn2_blocks}" if config.attn2_blocks
-                                                         else "") + ")")
-    return attn, attn2
 
 
 def check_backend(backend: str, device, dtype: torch.dtype, head_dim: int) -> None:
@@ -119,30 +74,6 @@ def check_backend(backend: str, device, dtype: torch.dtype, head_dim: int) -> No
         raise ValueError(f"{e} (choose backend 'auto' to fall back)") from None
 
 
-# canonical fine-tuned tensor name → (module below the layer's base, chunk of a fused qkv or None)
-_PIXART_TARGETS = {"to_q": ("qkv", 0), "to_k": ("qkv", 1), "to_v": ("qkv", 2), "to_out": ("proj", None),
-                   "norm_q": ("q_norm", None), "norm_k": ("k_norm", None)}
-_MMDIT_IMAGE_TARGETS = {"to_q": ("qkv", 0), "to_k": ("qkv", 1), "to_v": ("qkv", 2), "to_out": ("proj", None),
-                        "norm_q": ("ln_q", None), "norm_k": ("ln_k", None)}
-_MMDIT_TEXT_TARGETS = {"add_q_proj": ("qkv", 0), "add_k_proj": ("qkv", 1), "add_v_proj": ("qkv", 2),
-                       "to_add_out": ("proj", None), "norm_added_q": ("ln_q", None), "norm_added_k": ("ln_k", None)}
-
-
-def finetuned_target(family: str, block: int, slot: str, name: str) -> tuple[str, Optional[int]]:
-    """(ModelPatcher key of the model tensor that holds ``name``, its chunk of a fused qkv or None)."""
-    tensor, part = name.split(".", 1)
-    if family.startswith("pixart"):
-        module, chunk = _PIXART_TARGETS[tensor]
-        return f"diffusion_model.blocks.{block}.attn.{module}.{part}", chunk
-    if tensor in _MMDIT_TEXT_TARGETS:
-        if slot != "attn":
-            raise KeyError(name)
-        module, chunk = _MMDIT_TEXT_TARGETS[tensor]
-        return f"diffusion_model.joint_blocks.{block}.context_block.attn.{module}.{part}", chunk
-    module, chunk = _MMDIT_IMAGE_TARGETS[tensor]
-    return f"diffusion_model.joint_blocks.{block}.x_block.{slot}.{module}.{part}", chunk
-
-
 def _original_weight(model, key: str) -> torch.Tensor:
     """The unpatched base weight of ``key`` in real units, fp32 (even while another clone's patches are applied)."""
     weight, _, convert = comfy.model_patcher.get_key_weight(model.model, key)
@@ -153,20 +84,21 @@ def _original_weight(model, key: str) -> torch.Tensor:
     return convert(weight, inplace=True) if convert is not None else weight
 
 
-def finetuned_patches(model, adapter, family: str, layers: list[tuple[int, str]]) -> dict:
+def finetuned_patches(model, adapter, spec: TeacherSpec, layers: list[tuple[int, str]]) -> dict:
+    """ModelPatcher ``diff`` patches that turn the model's attention weights into the adapter's fine-tuned ones."""
     patches = {}
     for block, slot in layers:
         for name, value in sorted(adapter.finetuned(block, slot).items()):
-            try:
-                key, chunk = finetuned_target(family, block, slot, name)
-            except KeyError:
-                raise ValueError(f"adapter tensor blocks.{block}.{slot}.{name} has no place in a "
-                                 f"{FAMILY_TITLES.get(family, family)} model") from None
+            tensor, part = name.split(".", 1)
+            place = tensor_place(spec, block, slot, tensor, layout="comfyui")
+            if place is None:
+                raise ValueError(f"adapter tensor blocks.{block}.{slot}.{name} has no place in a {spec.title} model")
+            key = f"{MODEL_PREFIX}{place.key}.{part}"
             base = _original_weight(model, key)
             offset = None
-            if chunk is not None:
+            if place.chunk is not None:
                 rows = base.shape[0] // 3
-                offset = (0, chunk * rows, rows)
+                offset = (0, place.chunk * rows, rows)
                 base = base.narrow(*offset)
             if tuple(value.shape) != tuple(base.shape):
                 raise ValueError(f"adapter tensor blocks.{block}.{slot}.{name} has shape {list(value.shape)}, the "
@@ -177,8 +109,9 @@ def finetuned_patches(model, adapter, family: str, layers: list[tuple[int, str]]
 
 
 def apply_edit(model, adapter, *, backend: str = "auto", eta: str = "adapter default",
-               convert_attn2: str = "adapter default", start_block: int = 0, end_block: int = -1):
-    """A clone of ``model`` with ``adapter``'s attention. Raises a ValueError whose message says what to fix."""
+               convert_attn2: str = "adapter default", start_block: int = 0, end_block: int = -1, described=None):
+    """A clone of ``model`` with ``adapter``'s attention. Raises a ValueError whose message says what to fix.
+    ``described``: ``describe_model(model)`` when the caller already has it."""
     if model.get_attachment(ATTACHMENT_KEY) is not None:
         previous = model.get_attachment(ATTACHMENT_KEY)
         raise EDiTModelError(f"this MODEL already has EDiT attention (adapter '{previous.adapter.source}'); "
@@ -186,29 +119,23 @@ def apply_edit(model, adapter, *, backend: str = "auto", eta: str = "adapter def
     if eta not in ETA_CHOICES:
         raise ValueError(f"eta must be one of {ETA_CHOICES}, got {eta!r}")
     if convert_attn2 not in ATTN2_CHOICES:
-        raise ValueError(f"convert_attn2 must be one of {ATTN2_CHOICES}, got {convert_attn2!r}")
-    spec = describe_model(model)
-    adapter.check_compatible(spec)
+        raise ValueError(f"convert_attn2 must be one of {tuple(ATTN2_CHOICES)}, got {convert_attn2!r}")
+    spec, host = described or describe_model(model)
+    plan: ConversionPlan = plan_conversion(adapter, spec, start_block=start_block, end_block=end_block,
+                                           attn2=ATTN2_CHOICES[convert_attn2],
+                                           eta=None if eta == "adapter default" else eta, backend=backend)
     dtype = compute_dtype(model)
     check_backend(backend, model.load_device, dtype, spec.head_dim)
-    config = adapter.config
-    variant = get_variant(config.variant)
-    attn_blocks, attn2_blocks = select_layers(config, spec.num_blocks, start_block, end_block, convert_attn2)
-    applied_eta = config.eta if eta == "adapter default" else eta
-    wanted = [(b, "attn") for b in attn_blocks] + [(b, "attn2") for b in attn2_blocks]
 
     layers = {(block, slot): adapter.build_layer(block, slot, dtype=dtype, device=model.offload_device,
                                                  operations=comfy.ops.manual_cast)
-              for block, slot in wanted}
+              for block, slot in plan.layers}
     for layer in layers.values():
         layer.requires_grad_(False)
-    patches = finetuned_patches(model, adapter, spec.family, wanted)
+    patches = finetuned_patches(model, adapter, spec, plan.layers)
 
     clone = model.clone()
-    if spec.family.startswith("pixart"):
-        patch_pixart(clone, layers, attention=variant.self_attention, backend=backend)
-    else:
-        patch_mmdit(clone, layers, variant=variant, eta=applied_eta, backend=backend)
+    converted = host.patch(clone, plan, layers)
     if patches:
         accepted = clone.add_patches(patches, 1.0)
         if len(accepted) != len(patches):
@@ -217,8 +144,8 @@ def apply_edit(model, adapter, *, backend: str = "auto", eta: str = "adapter def
     adapter_patcher = comfy.model_patcher.ModelPatcher(EDiTAdapterModules(layers), load_device=model.load_device,
                                                        offload_device=model.offload_device)
     clone.set_additional_models(ADDITIONAL_MODELS_KEY, [adapter_patcher])
-    applied = dataclasses.replace(config, converted_blocks=attn_blocks, attn2_blocks=attn2_blocks, eta=applied_eta,
-                                  training=dict(config.training))
-    clone.set_attachments(ATTACHMENT_KEY, EDiTApplied(adapter=adapter, config=applied, spec=spec, backend=backend,
-                                                      finetuned_keys=sorted(str(k) for k in patches)))
+    clone.set_attachments(ATTACHMENT_KEY, EDiTApplied(adapter=adapter, config=plan.applied_config(), spec=spec,
+                                                      backend=backend,
+                                                      finetuned_keys=sorted(str(k) for k in patches),
+                                                      converted=converted))
     return clone

@@ -1,9 +1,10 @@
 """``DistillHost`` for a ComfyUI MODEL: distil an EDiT / MM-EDiT adapter with the teacher ComfyUI already loaded.
 
 The teacher and the student are one clone of the MODEL, patched by ``apply_edit`` (same object patches as
-Apply EDiT Attention). Every patched module keeps the original attention and reads a ``DistillTap``:
-"teacher" runs ComfyUI's original attention, "student" the EDiT one, "teacher_forced" both on the same input
-(the pair is recorded, the original's output carried on). No second copy of the model: the clone shares the
+Apply EDiT Attention). Distillation wraps, never lives inside, those modules: each converted slot of a patched
+unit (``nodes/hosts``) is swapped for a ``TeacherForced`` wrapper holding the slot's softmax attention and its
+EDiT attention. "teacher" runs the softmax one, "student" the EDiT one, "teacher_forced" both on the same
+input (the pair, after the output projection, is recorded; the softmax output is carried on). No second copy of the model: the clone shares the
 loaded weights; the only new tensors are the adapter layers, kept in fp32 as master weights (``comfy.ops``
 manual-cast layers cast them to the model's compute dtype on the fly).
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Optional
 
 import torch
@@ -39,30 +39,45 @@ from ..edit_core.adapter import Adapter, AdapterConfig, init_adapter_from_teache
 from ..edit_core.distill.host import MODES, Conditioning, LayerPair, ModeSwitch, SwitchedHost
 from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
 from ..edit_core.distill.trainer import DistillError
-from .apply import ADDITIONAL_MODELS_KEY, apply_edit, describe_model
-from .patch_mmdit import EDiTJointBlock
-from .patch_pixart import EDiTPixArtAttention
+from ..edit_core.families import get_family
+from .apply import ADDITIONAL_MODELS_KEY, ATTACHMENT_KEY, apply_edit
+from .hosts import AttentionSlots, describe_model
 
 log = logging.getLogger("ComfyUI-EDiT")
 
 _IGNORED_CONDITIONING = ("control", "area", "mask", "gligen", "hooks")  # the teacher samples from the text alone
-_BLOCK = re.compile(r"^diffusion_model\.(?:blocks|joint_blocks)\.(\d+)(?:\.attn)?$")
 
 
-class DistillTap:
-    """What a patched module reads (``module.distill``): the mode, and where to record a layer pair."""
+class TeacherForced(torch.nn.Module):
+    """Stands in a converted slot while distilling: runs the slot's softmax attention (``teacher``), its EDiT
+    attention (``student``) or both on the same input, as the switch says, and records teacher-forced pairs
+    (``blocks.{i}.{slot}`` and, for MMDiT's text stream, ``blocks.{i}.attn.text``)."""
 
-    def __init__(self, switch: ModeSwitch, block: int):
-        self.switch, self.block = switch, int(block)
+    def __init__(self, unit: AttentionSlots, slot: str, teacher: torch.nn.Module, student: torch.nn.Module,
+                 switch: ModeSwitch):
+        super().__init__()
+        self.slot, self.switch = slot, switch
+        self._parts = (unit, teacher, student)  # not registered: they belong to the model and the adapter
 
     @property
-    def mode(self) -> str:
-        return self.switch.mode
+    def student(self) -> torch.nn.Module:
+        return self._parts[2]
 
-    def record(self, slot: str, teacher: torch.Tensor, student: torch.Tensor) -> None:
-        """``slot``: "attn", "attn.text" (the SD3.5 text stream) or "attn2"."""
-        if self.switch.recording:
-            self.switch.pairs.append(LayerPair(f"blocks.{self.block}.{slot}", teacher, student))
+    def forward(self, *args, **kwargs):
+        unit, teacher, student = self._parts
+        mode = self.switch.mode
+        if mode == "student":
+            return student(*args, **kwargs)
+        with torch.no_grad():
+            out = teacher(*args, **kwargs)
+        if mode == "teacher_forced":
+            predicted = student(*args, **kwargs)
+            if self.switch.recording:
+                targets = unit.layer_outputs(self.slot, out)
+                for suffix, value in unit.layer_outputs(self.slot, predicted).items():
+                    self.switch.pairs.append(LayerPair(f"blocks.{unit.block}.{self.slot}{suffix}", targets[suffix],
+                                                       value))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- model sampling
@@ -113,7 +128,7 @@ class ComfyDistillHost(SwitchedHost):
 
     def __init__(self, model, adapter: Optional[Adapter] = None, *, reduction: int = 4, backend: str = "auto",
                  seed: int = 0):
-        spec = describe_model(model)  # EDiTModelError for anything but PixArt-Σ / SD3.5-M
+        spec, comfy_host = describe_model(model)  # EDiTModelError for a MODEL of no supported family
         diffusion_model = model.get_model_object("diffusion_model")
         if adapter is None:
             if reduction < 1 or spec.hidden_size % reduction:
@@ -130,22 +145,25 @@ class ComfyDistillHost(SwitchedHost):
         self.model_sampling = model.get_model_object("model_sampling")
         self.prediction = prediction_type(self.model_sampling)
         self.latent_channels = int(model.model.latent_format.latent_channels)
-        self.patch_size = int(diffusion_model.patch_size if spec.family.startswith("pixart")
-                              else diffusion_model.x_embedder.patch_size[0])
+        self.patch_size = comfy_host.patch_size(diffusion_model)
         self.schedule = training_schedule(self.model_sampling)
         self.shift = sampling_shift(self.model_sampling)
 
         with torch.inference_mode(False):  # the adapter layers must be ordinary (trainable) tensors
-            self.patcher = apply_edit(model, adapter, backend=backend)
+            self.patcher = apply_edit(model, adapter, backend=backend, described=(spec, comfy_host))
         (self.adapter_patcher,) = self.patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
         self.adapter = adapter
-        self.adapter_config: AdapterConfig = self.patcher.get_attachment("edit").config
+        applied = self.patcher.get_attachment(ATTACHMENT_KEY)
+        self.adapter_config: AdapterConfig = applied.config
         self.switch = ModeSwitch()
-        self._patched: dict[str, torch.nn.Module] = {}
-        for name, module in self.patcher.object_patches.items():
-            if isinstance(module, (EDiTPixArtAttention, EDiTJointBlock)):
-                module.distill = DistillTap(self.switch, int(_BLOCK.match(name).group(1)))
-                self._patched[name] = module
+        self._patched: dict[str, AttentionSlots] = {}
+        converted = {id(module) for module in applied.converted.values()}
+        for name, unit in self.patcher.object_patches.items():
+            if isinstance(unit, AttentionSlots):
+                for slot, module in list(unit.slots.items()):
+                    if id(module) in converted:
+                        unit.slots[slot] = TeacherForced(unit, slot, unit.softmax_slots[slot], module, self.switch)
+                self._patched[name] = unit
         self._layers: dict[tuple[int, str], torch.nn.Module] = {}
         layers = self.adapter_patcher.model.layers
         with torch.inference_mode(False), torch.no_grad():
@@ -188,8 +206,10 @@ class ComfyDistillHost(SwitchedHost):
         if self._closed:
             return
         self._closed = True
-        for module in self._patched.values():
-            module.distill = None
+        for unit in self._patched.values():
+            for slot, module in list(unit.slots.items()):
+                if isinstance(module, TeacherForced):
+                    unit.slots[slot] = module.student
         for layer in self._layers.values():
             layer.requires_grad_(False)
         mm = comfy.model_management
@@ -279,7 +299,7 @@ class ComfyDistillHost(SwitchedHost):
             values = [r[key] for r in rows]
             lengths = sorted({v.shape[1] for v in values if v.dim() == 3})
             if len(lengths) > 1:
-                if not self.family.startswith("pixart"):
+                if get_family(self.family).joint:
                     raise DistillError(f"the prompts encode to different token counts {lengths}; SD3.5's joint "
                                        "attention cannot batch them without changing them: shorten the long "
                                        "prompts (or distil with prompts of one length)")
@@ -337,5 +357,5 @@ def _parameter_copy(param: torch.nn.Parameter) -> torch.nn.Parameter:
     return torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
 
 
-__all__ = ["ComfyDistillHost", "ModeSwitch", "DistillTap", "MODES", "prediction_type", "sigma_for_timestep",
+__all__ = ["ComfyDistillHost", "ModeSwitch", "TeacherForced", "MODES", "prediction_type", "sigma_for_timestep",
            "training_schedule", "sampling_shift"]

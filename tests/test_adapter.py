@@ -86,11 +86,11 @@ def test_detects_sd35_medium_with_dual_attention():
             spec.attn2_blocks) == ("sd35_medium", 2, 128, 2, 64, "rms", [0])
 
 
-def test_unsupported_and_unknown_models_are_refused():
-    with pytest.raises(FamilyError, match="PixArt-Alpha is recognised but not supported"):
-        detect_teacher(pixart_comfy(alpha=True), num_heads=2)
-    with pytest.raises(FamilyError, match="not a PixArt-Sigma or SD3.5-Medium"):
+def test_unknown_models_and_unexpected_families_are_refused():
+    with pytest.raises(FamilyError, match="not a model this pack converts"):
         detect_teacher({"input_blocks.0.0.weight": torch.zeros(1)})
+    with pytest.raises(FamilyError, match="not PixArt-Sigma"):
+        detect_teacher(pixart_comfy(alpha=True), family="pixart_sigma", num_heads=2)
     with pytest.raises(FamilyError, match="not SD3.5-Medium"):
         detect_teacher(pixart_comfy(), family="sd35_medium", num_heads=2)
 

@@ -301,7 +301,7 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
     if init_adapter is not None:
         init_adapter.check_compatible(_spec_of(teacher.transformer))
     host = DiffusersDistillHost(teacher.transformer, init_adapter, train_projections=args.train_projections,
-                                dtype=dtype, convert_attn2=False if args.no_attn2 else None,
+                                dtype=dtype, attn2="off" if args.no_attn2 else "adapter",
                                 reduction=args.reduction, seed=args.seed)
     schedule = schedule_for(host.family, info.scheduler_config)
     shift = args.flow_shift if args.flow_shift is not None else float(info.scheduler_config.get("shift", 3.0))

@@ -1,4 +1,4 @@
-"""``DistillHost`` for diffusers ``PixArtTransformer2DModel`` (PixArt-Σ) and ``SD3Transformer2DModel`` (SD3.5-M).
+"""``DistillHost`` for the diffusers transformers of every family with EDiT processors (PixArt, MMDiT).
 
 One transformer is both teacher and student. ``apply_edit`` converts its attention; then every converted
 Attention's EDiT processor is wrapped in a ``DistillProcessor`` that reads a shared ``ModeSwitch``:
@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from ..adapter import FINETUNE_NAMES, Adapter, AdapterConfig, init_adapter_from_teacher, layer_prefix
-from ..families import detect_teacher
-from ..integrations.diffusers import (ADAPTER_MODULE, _attention_name, apply_edit, is_edit_applied,
-                                      remove_edit)
+from ..conversion import plan_conversion
+from ..families import attention_module_path, detect_teacher, get_family
+from ..integrations.diffusers import (ADAPTER_MODULE, apply_edit, forward_kwargs, is_edit_applied, projection_module_path,
+                                      remove_edit, transformer_classes)
 from .host import MODES, Conditioning, LayerPair, ModeSwitch, SwitchedHost
 
 class DistillProcessor:
@@ -52,20 +53,18 @@ class DistillProcessor:
         return teacher
 
 
-def _projection_path(canonical: str) -> str:
-    return "to_out.0" if canonical == "to_out" else canonical
-
-
-def _projection(attention: nn.Module, canonical: str) -> Optional[nn.Module]:
-    """The Attention's module for a canonical fine-tune name, or None where it has none."""
+def _projection(attention: nn.Module, path: Optional[str]) -> Optional[nn.Module]:
+    """The Attention's module at ``path`` (a canonical fine-tune name's place), or None where it has none."""
+    if path is None:
+        return None
     try:
-        return attention.get_submodule(_projection_path(canonical))
+        return attention.get_submodule(path)
     except AttributeError:
         return None
 
 
 class DiffusersDistillHost(SwitchedHost):
-    """Distillation host for a diffusers PixArt-Σ or SD3.5-M transformer (converted in place).
+    """Distillation host for a diffusers transformer of a supported family (converted in place).
 
     ``adapter``: the starting adapter (default: ``init_adapter_from_teacher``). ``train_projections``:
     also train the converted attentions' own q/k/v/out (and SD3.5 text-stream and qk-norm) tensors,
@@ -73,13 +72,12 @@ class DiffusersDistillHost(SwitchedHost):
     dtype (trainable tensors stay fp32)."""
 
     def __init__(self, transformer: nn.Module, adapter: Optional[Adapter] = None, *, train_projections: bool = False,
-                 dtype: Optional[torch.dtype] = None, backend: str = "auto", convert_attn2: Optional[bool] = None,
+                 dtype: Optional[torch.dtype] = None, backend: str = "auto", attn2: str = "adapter",
                  reduction: int = 4, seed: int = 0):
-        from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel
-
-        if not isinstance(transformer, (PixArtTransformer2DModel, SD3Transformer2DModel)):
-            raise TypeError(f"distillation supports diffusers PixArtTransformer2DModel (PixArt-Sigma) and "
-                            f"SD3Transformer2DModel (SD3.5-Medium), not {type(transformer).__name__}")
+        if not isinstance(transformer, transformer_classes()):
+            raise TypeError(f"distillation supports diffusers "
+                            f"{' and '.join(c.__name__ for c in transformer_classes())}, not "
+                            f"{type(transformer).__name__}")
         if is_edit_applied(transformer):
             remove_edit(transformer)
         self.transformer = transformer
@@ -91,17 +89,15 @@ class DiffusersDistillHost(SwitchedHost):
         spec = detect_teacher(transformer.state_dict(), num_heads=heads)
         if adapter is None:
             adapter = init_adapter_from_teacher(transformer.state_dict(), num_heads=heads, reduction=reduction,
-                                                convert_attn2=convert_attn2 is not False, seed=seed)
+                                                convert_attn2=attn2 != "off", seed=seed)
         self.family = spec.family
-        self.prediction = "epsilon" if self.family == "pixart_sigma" else "flow"
+        self.prediction = spec.record.prediction
         self.latent_channels = int(transformer.config.in_channels)
         self.patch_size = int(transformer.config.patch_size)
         self.train_projections = bool(train_projections)
 
-        layers = [(b, "attn") for b in adapter.config.converted_blocks]
-        if convert_attn2 is not False:
-            layers += [(b, "attn2") for b in adapter.config.attn2_blocks]
-        names = {(b, s): _attention_name(spec, b, s) for b, s in layers}
+        layers = plan_conversion(adapter, spec, attn2=attn2, backend=backend).layers
+        names = {(b, s): attention_module_path(spec, b, s, layout="diffusers") for b, s in layers}
         originals = {key: transformer.get_submodule(name).processor for key, name in names.items()}
         copy_teacher = self.train_projections or any(adapter.finetuned(b, s) for b, s in layers)
         self._teacher_copies: dict[tuple[int, str], nn.Module] = {}
@@ -109,7 +105,7 @@ class DiffusersDistillHost(SwitchedHost):
             for key, name in names.items():
                 self._teacher_copies[key] = copy.deepcopy(transformer.get_submodule(name)).requires_grad_(False)
 
-        apply_edit(transformer, adapter, backend=backend, convert_attn2=convert_attn2)
+        apply_edit(transformer, adapter, backend=backend, attn2=attn2)
         self.switch = ModeSwitch()
         self._trainable: dict[str, nn.Parameter] = {}
         self._dtypes: dict[str, torch.dtype] = {}  # module path → dtype before it was made fp32
@@ -120,12 +116,15 @@ class DiffusersDistillHost(SwitchedHost):
                                                      self._teacher_copies.get((block, slot)), self.switch,
                                                      prefix[:-1]))
             modules = [("", getattr(attention, ADAPTER_MODULE))]
+            paths = {"": ADAPTER_MODULE}
             if self.train_projections:
-                modules += [(canonical + ".", _projection(attention, canonical)) for canonical in FINETUNE_NAMES]
+                for canonical in FINETUNE_NAMES:
+                    paths[canonical + "."] = projection_module_path(spec, block, slot, canonical)
+                    modules.append((canonical + ".", _projection(attention, paths[canonical + "."])))
             for key_prefix, module in modules:
                 if module is None:
                     continue
-                path = f"{name}.{_projection_path(key_prefix[:-1])}" if key_prefix else f"{name}.{ADAPTER_MODULE}"
+                path = f"{name}.{paths[key_prefix]}"
                 self._dtypes[path] = next(module.parameters()).dtype
                 module.float()
                 for pname, param in module.named_parameters():
@@ -168,20 +167,8 @@ class DiffusersDistillHost(SwitchedHost):
     def _forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = x.shape[0]
         timestep = torch.as_tensor(timestep, device=self.device).reshape(-1).expand(batch)
-        kwargs = {"hidden_states": x.to(self.device), "timestep": timestep,
-                  "encoder_hidden_states": cond["encoder_hidden_states"].to(self.device), "return_dict": False}
-        if self.family == "pixart_sigma":
-            mask = cond.get("encoder_attention_mask")
-            kwargs["encoder_attention_mask"] = None if mask is None else mask.to(self.device)
-            if getattr(self.transformer, "use_additional_conditions", False):
-                h, w = x.shape[-2] * 8, x.shape[-1] * 8  # pixels, VAE factor 8
-                kwargs["added_cond_kwargs"] = {
-                    "resolution": torch.tensor([[h, w]], device=self.device, dtype=torch.float32).expand(batch, 2),
-                    "aspect_ratio": torch.tensor([[h / w]], device=self.device, dtype=torch.float32).expand(batch, 1)}
-            else:
-                kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
-        else:
-            kwargs["pooled_projections"] = cond["pooled_projections"].to(self.device)
+        kwargs = forward_kwargs(self.transformer, x.to(self.device), timestep,
+                                {k: v for k, v in cond.items() if k in get_family(self.family).conditioning})
         with self._autocast():
             return self.transformer(**kwargs)[0]
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import tiny
 from ..adapter import Adapter
+from ..families import get_family
 from .data import Stage, TensorDataset
 from .diffusers_host import DiffusersDistillHost
 from .evaluation import prediction_error
@@ -39,15 +40,12 @@ def structured_tiny_teacher(family: str = "pixart_sigma", *, seed: int = 0, qk_s
                             key_offset: Optional[float] = None, config: Optional[dict] = None):
     """A tiny diffusers teacher (``tiny.PIXART_QUICK`` / ``tiny.SD35_TINY``) with its converted attentions'
     query/key weights scaled by ``qk_scale`` and ``key_offset`` subtracted from the key biases."""
-    settings = TEACHER_SETTINGS[family]
+    record = get_family(family)
+    settings = TEACHER_SETTINGS.get(record.name, {"qk_scale": 1.0, "key_offset": 2.0})
     qk_scale = settings["qk_scale"] if qk_scale is None else qk_scale
     key_offset = settings["key_offset"] if key_offset is None else key_offset
-    if family == "pixart_sigma":
-        model, names = tiny.build_tiny_pixart(config or tiny.PIXART_QUICK, seed=seed), ("attn1",)
-    elif family == "sd35_medium":
-        model, names = tiny.build_tiny_sd3(config or tiny.SD35_TINY, seed=seed), ("attn", "attn2")
-    else:
-        raise ValueError(f"unknown family {family!r} (pixart_sigma or sd35_medium)")
+    model = tiny.build_tiny(record.name, config, seed=seed)
+    names = tuple(path.rsplit(".", 1)[1] for path in record.architecture.layout("diffusers").modules.values())
     with torch.no_grad():
         for block in model.transformer_blocks:
             for name in names:

@@ -80,16 +80,22 @@ class FlowSchedule:
 
 
 def schedule_for(family: str, scheduler_config: Optional[dict] = None, **overrides):
-    """The training schedule of a family; ``scheduler_config`` (a diffusers scheduler config) may refine it."""
-    config = dict(scheduler_config or {})
-    if family == "pixart_sigma":
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        args = {k: config[k] for k in keys if k in config}
-        args.update(overrides)
-        return DDPMSchedule(**args)
-    if family == "sd35_medium":
-        return FlowSchedule(**overrides)
-    raise ValueError(f"no training schedule for model family {family!r}")
+    """The training schedule of a family (its record's ``schedule``); ``scheduler_config`` (a diffusers
+    scheduler config) may refine a DDPM schedule."""
+    from ..families import get_family
+
+    facts = dict(get_family(family).schedule)
+    kind = facts.pop("kind")
+    if kind == "ddpm":
+        config = dict(scheduler_config or {})
+        facts.update({k: config[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+                      if k in config})
+        facts.update(overrides)
+        return DDPMSchedule(**facts)
+    if kind == "flow":
+        facts.update(overrides)
+        return FlowSchedule(**facts)
+    raise ValueError(f"no training schedule of kind {kind!r}")
 
 
 __all__ = ["DDPMSchedule", "FlowSchedule", "NoisedBatch", "schedule_for"]

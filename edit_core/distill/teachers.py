@@ -2,7 +2,8 @@
 
 A teacher is one of:
 
-- a pipeline folder (``model_index.json``: ``PixArtSigmaPipeline`` or ``StableDiffusion3Pipeline``):
+- a pipeline folder (``model_index.json``: a pipeline class a family lists, e.g. ``PixArtSigmaPipeline``,
+  ``PixArtAlphaPipeline`` or ``StableDiffusion3Pipeline``):
   transformer, text encoders (prompts are encoded here) and VAE (for ``--images``);
 - a transformer folder (``config.json`` + safetensors weights) or a single transformer ``.safetensors``
   file whose config is in its ``config`` metadata, in a ``config.json`` beside it, or given with
@@ -10,8 +11,8 @@ A teacher is one of:
 
 ``inspect_teacher`` reads only configs and safetensors headers, so a wrong model is refused before any
 weights are loaded. Text-embeddings file (safetensors, names as the pipelines' ``encode_prompt``):
-``prompt_embeds`` [P, L, D] (one row per prompt), ``prompt_attention_mask`` [P, L] (PixArt-Σ),
-``pooled_prompt_embeds`` [P, D'] (SD3.5), and optionally the empty prompt's
+``prompt_embeds`` [P, L, D] (one row per prompt), ``prompt_attention_mask`` [P, L] (PixArt),
+``pooled_prompt_embeds`` [P, D'] (SD3 / SD3.5), and optionally the empty prompt's
 ``negative_prompt_embeds`` [1, L, D], ``negative_prompt_attention_mask``, ``negative_pooled_prompt_embeds``.
 """
 
@@ -26,11 +27,13 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
-from ..families import FAMILY_TITLES, FamilyError, detect_teacher
+from ..families import (FamilyError, detect_teacher, family_for_diffusers_class, family_for_pipeline, family_title,
+                        get_family, list_families)
 from ..safetensors_file import SafetensorsFileError, read_shapes
 
-PIPELINES = {"PixArtSigmaPipeline": "pixart_sigma", "StableDiffusion3Pipeline": "sd35_medium"}
-TRANSFORMERS = {"PixArtTransformer2DModel": "pixart_sigma", "SD3Transformer2DModel": "sd35_medium"}
+
+def _supported() -> str:
+    return ", ".join(f.title for f in list_families())
 
 
 class TeacherError(ValueError):
@@ -45,6 +48,7 @@ class TeacherInfo:
     config: dict  # the transformer's diffusers config
     weight_files: list[str] = field(default_factory=list)
     scheduler_config: dict = field(default_factory=dict)
+    pipeline_class: Optional[str] = None  # model_index.json's class (kind "pipeline")
 
     @property
     def patch_size(self) -> int:
@@ -52,7 +56,7 @@ class TeacherInfo:
 
     @property
     def title(self) -> str:
-        return FAMILY_TITLES.get(self.family, self.family)
+        return family_title(self.family)
 
     def fingerprint(self) -> dict:
         return {"teacher": os.path.abspath(self.path), "family": self.family,
@@ -81,7 +85,7 @@ def _family_from_weights(files: Sequence[str], config: dict, where: str) -> str:
     try:
         spec = detect_teacher(shapes, num_heads=config.get("num_attention_heads"))
     except FamilyError as e:
-        raise TeacherError(f"teacher '{where}': {e}; distillation supports PixArt-Sigma and SD3.5-Medium") from None
+        raise TeacherError(f"teacher '{where}': {e}; distillation supports {_supported()}") from None
     return spec.family
 
 
@@ -93,18 +97,20 @@ def inspect_teacher(path: str, teacher_config: Optional[str] = None) -> TeacherI
         index = os.path.join(path, "model_index.json")
         if os.path.isfile(index):
             name = _read_json(index).get("_class_name", "?")
-            if name not in PIPELINES:
-                raise TeacherError(f"teacher '{path}' is a {name}; distillation supports PixArt-Sigma "
-                                   f"(PixArtSigmaPipeline) and SD3.5-Medium (StableDiffusion3Pipeline)")
+            if not family_for_pipeline(name):
+                known = sorted({p for f in list_families() for p in f.pipelines})
+                raise TeacherError(f"teacher '{path}' is a {name}; distillation supports {', '.join(known)}")
             config = _read_json(os.path.join(path, "transformer", "config.json"))
             files = sorted(glob.glob(os.path.join(glob.escape(path), "transformer", "*.safetensors")))
             if not files:
                 raise TeacherError(f"teacher '{path}' has no transformer/*.safetensors weights (only safetensors "
                                    "are read)")
             family = _family_from_weights(files, config, path)
+            if get_family(family) not in family_for_pipeline(name):
+                raise TeacherError(f"teacher '{path}' is a {name} but its weights look like {family_title(family)}")
             scheduler = os.path.join(path, "scheduler", "scheduler_config.json")
             return TeacherInfo(path, "pipeline", family, config, files,
-                               _read_json(scheduler) if os.path.isfile(scheduler) else {})
+                               _read_json(scheduler) if os.path.isfile(scheduler) else {}, name)
         config_path = os.path.join(path, "config.json")
         if not os.path.isfile(config_path):
             raise TeacherError(f"teacher folder '{path}' has neither model_index.json (a pipeline) nor config.json "
@@ -133,7 +139,7 @@ def inspect_teacher(path: str, teacher_config: Optional[str] = None) -> TeacherI
     try:
         spec = detect_teacher(shapes, num_heads=config.get("num_attention_heads"))
     except FamilyError as e:
-        raise TeacherError(f"teacher '{path}': {e}; distillation supports PixArt-Sigma and SD3.5-Medium") from None
+        raise TeacherError(f"teacher '{path}': {e}; distillation supports {_supported()}") from None
     if spec.layout != "diffusers":
         raise TeacherError(f"teacher '{path}' has ComfyUI / original key names; the distill command needs diffusers "
                            "weights (a diffusers folder); in ComfyUI use the distillation node instead")
@@ -143,12 +149,12 @@ def inspect_teacher(path: str, teacher_config: Optional[str] = None) -> TeacherI
 
 def _check_class(config: dict, path: str, family: Optional[str] = None) -> None:
     name = config.get("_class_name")
-    if name is not None and name not in TRANSFORMERS:
-        raise TeacherError(f"teacher '{path}' is a {name}; distillation supports PixArtTransformer2DModel "
-                           "(PixArt-Sigma) and SD3Transformer2DModel (SD3.5-Medium)")
-    if name is not None and family is not None and TRANSFORMERS[name] != family:
+    if name is not None and not family_for_diffusers_class(name):
+        known = sorted({f.architecture.diffusers_class for f in list_families()})
+        raise TeacherError(f"teacher '{path}' is a {name}; distillation supports {', '.join(known)}")
+    if name is not None and family is not None and get_family(family) not in family_for_diffusers_class(name):
         raise TeacherError(f"teacher '{path}': its config says {name} but its weights look like "
-                           f"{FAMILY_TITLES.get(family, family)}")
+                           f"{family_title(family)}")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -182,9 +188,9 @@ def _from_pretrained(cls, path: str, dtype: torch.dtype):
 
 
 def _transformer_class(family: str):
-    from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel
+    import diffusers
 
-    return PixArtTransformer2DModel if family == "pixart_sigma" else SD3Transformer2DModel
+    return getattr(diffusers, get_family(family).architecture.diffusers_class)
 
 
 def _config_args(cls, config: dict) -> dict:
@@ -195,33 +201,29 @@ def _config_args(cls, config: dict) -> dict:
 
 
 def _host_cond(family: str, embeds: torch.Tensor, mask: Optional[torch.Tensor], pooled: Optional[torch.Tensor]):
-    if family == "pixart_sigma":
-        cond = {"encoder_hidden_states": embeds}
-        if mask is not None:
-            cond["encoder_attention_mask"] = mask
-        return cond
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    """Host conditioning under the family's conditioning keys (absent optional tensors left out)."""
+    values = {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+    return {k: values[k] for k in get_family(family).conditioning if values[k] is not None}
 
 
 def load_teacher(info: TeacherInfo, *, dtype: torch.dtype, device: torch.device,
                  text_embeddings: Optional["TextEmbeddings"] = None) -> LoadedTeacher:
     cls = _transformer_class(info.family)
     if info.kind == "pipeline":
-        from diffusers import PixArtSigmaPipeline, StableDiffusion3Pipeline
+        import diffusers
 
-        pipe_cls = PixArtSigmaPipeline if info.family == "pixart_sigma" else StableDiffusion3Pipeline
+        pipe_cls = getattr(diffusers, info.pipeline_class or get_family(info.family).pipelines[0])
         pipe = _from_pretrained(pipe_cls, info.path, dtype).to(device)
         family = info.family
 
         @torch.no_grad()
         def encode(texts):
-            if family == "pixart_sigma":
-                embeds, mask, _, _ = pipe.encode_prompt(list(texts), do_classifier_free_guidance=False,
-                                                        device=device)
-                return _host_cond(family, embeds, mask, None)
-            embeds, _, pooled, _ = pipe.encode_prompt(list(texts), None, None, device=device,
-                                                      do_classifier_free_guidance=False)
-            return _host_cond(family, embeds, None, pooled)
+            if get_family(family).needs_pooled:  # SD3's encode_prompt: (prompt, prompt_2, prompt_3, …)
+                embeds, _, pooled, _ = pipe.encode_prompt(list(texts), None, None, device=device,
+                                                          do_classifier_free_guidance=False)
+                return _host_cond(family, embeds, None, pooled)
+            embeds, mask, _, _ = pipe.encode_prompt(list(texts), do_classifier_free_guidance=False, device=device)
+            return _host_cond(family, embeds, mask, None)
 
         null = encode([""]) if text_embeddings is None else text_embeddings.null_cond
         if text_embeddings is not None:
@@ -282,7 +284,8 @@ def read_text_embeddings(path: str, family: str, config: dict, prompt_count: int
     embeds = t.get("prompt_embeds")
     if embeds is None or embeds.dim() != 3:
         raise TeacherError(f"text embeddings '{path}' need a 'prompt_embeds' tensor [prompts, tokens, dim]")
-    width = config.get("caption_channels") if family == "pixart_sigma" else config.get("joint_attention_dim")
+    record = get_family(family)
+    width = config.get(record.text_width_key)
     if width is not None and embeds.shape[-1] != int(width):
         problems.append(f"prompt_embeds have width {embeds.shape[-1]}, the teacher expects {width}")
     if embeds.shape[0] != prompt_count:
@@ -290,9 +293,9 @@ def read_text_embeddings(path: str, family: str, config: dict, prompt_count: int
                         "(one row per prompt, in order)")
     mask = t.get("prompt_attention_mask")
     pooled = t.get("pooled_prompt_embeds")
-    if family == "sd35_medium":
+    if record.needs_pooled:
         if pooled is None:
-            problems.append("SD3.5 needs 'pooled_prompt_embeds' [prompts, dim]")
+            problems.append(f"{record.title} needs 'pooled_prompt_embeds' [prompts, dim]")
         elif pooled.shape[0] != embeds.shape[0] or pooled.shape[-1] != int(config.get("pooled_projection_dim",
                                                                                        pooled.shape[-1])):
             problems.append(f"pooled_prompt_embeds has shape {list(pooled.shape)}, expected "
@@ -304,12 +307,12 @@ def read_text_embeddings(path: str, family: str, config: dict, prompt_count: int
     null = None
     if "negative_prompt_embeds" in t:
         null_mask = t.get("negative_prompt_attention_mask")
-        if family == "pixart_sigma" and mask is not None and null_mask is None:
+        if "encoder_attention_mask" in record.conditioning and mask is not None and null_mask is None:
             null_mask = torch.ones(t["negative_prompt_embeds"].shape[:2], dtype=mask.dtype)
         null_pooled = t.get("negative_pooled_prompt_embeds")
         null = _host_cond(family, t["negative_prompt_embeds"][:1], None if null_mask is None else null_mask[:1],
                           None if null_pooled is None else null_pooled[:1])
-        if family == "sd35_medium" and null_pooled is None:
+        if record.needs_pooled and null_pooled is None:
             null = None
     return TextEmbeddings(path, family, _host_cond(family, embeds, mask, pooled), null)
 

@@ -1,12 +1,13 @@
 """EDiT / MM-EDiT on diffusers transformers, through attention processors.
 
-``apply_edit(transformer, adapter)`` converts, in place:
+``apply_edit(transformer, adapter)`` converts, in place, the layers ``edit_core.conversion.plan_conversion``
+plans, with the processors the family registered here (``PROCESSORS``):
 
-- ``PixArtTransformer2DModel``: every converted block's ``attn1`` (self-attention) → EDiT linear
-  compressed attention; ``attn2`` (cross-attention to the caption) stays softmax.
-- ``SD3Transformer2DModel`` (SD3.5-Medium layout): every converted block's joint ``attn`` → the MM-EDiT
-  hybrid (text rows exact softmax, image rows η̂·linear + (1−η̂)·softmax-to-text; the last,
-  ``context_pre_only`` block computes image rows only), and the dual-attention ``attn2`` layers → EDiT.
+- PixArt-Σ / PixArt-α (``PixArtTransformer2DModel``): every converted block's ``attn1`` (self-attention) →
+  EDiT linear compressed attention; ``attn2`` (cross-attention to the caption) stays softmax.
+- SD3-Medium, SD3.5-Medium, SD3.5-Large (``SD3Transformer2DModel``): every converted block's joint ``attn``
+  → the MM-EDiT hybrid (text rows exact softmax, image rows η̂·linear + (1−η̂)·softmax-to-text; the last,
+  ``context_pre_only`` block computes image rows only), and SD3.5-M's dual-attention ``attn2`` layers → EDiT.
 
 The teacher's projections stay where diffusers keeps them (``to_q``, ``norm_q``, ``add_q_proj``,
 ``to_out.0``, ...); the processors hand them to the variant's attention function as ``Projections``
@@ -22,21 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import diffusers
 import torch
-from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..adapter import Adapter, AdapterError, layer_prefix
-from ..families import TeacherSpec, detect_teacher
+from ..conversion import plan_conversion
+from ..families import TeacherSpec, attention_module_path, detect_teacher, family_title, get_family, tensor_place
 from ..modules.functional import Projections
-from ..ops import ETA_MODES
-from ..ops.backends import BACKEND_NAMES
-from ..variants import AttentionVariant, get_variant
+from ..variants import AttentionVariant
 
 ADAPTER_MODULE = "edit_adapter"
 _STATE_ATTR = "_edit_state"
-_FAMILY_CLASSES = {"pixart_sigma": PixArtTransformer2DModel, "sd35_medium": SD3Transformer2DModel}
 
 
 class TokenGrid:
@@ -69,7 +68,7 @@ class TokenGrid:
 class EDiTSelfAttentionProcessor:
     """Processor for a converted image-only self-attention (PixArt ``attn1``, SD3.5 ``attn2``)."""
 
-    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, name: str):
+    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, eta: str, name: str):
         self.variant, self.grid, self.backend, self.name = variant, grid, backend, name
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
@@ -113,6 +112,20 @@ class MMEDiTJointAttentionProcessor:
         return image_out, attn.to_add_out(text_rows)
 
 
+PROCESSORS: dict[str, dict[str, type]] = {}  # family → slot → processor class
+
+
+def register_processors(family: str, processors: dict[str, type]) -> None:
+    PROCESSORS[get_family(family).name] = dict(processors)
+
+
+register_processors("pixart_sigma", {"attn": EDiTSelfAttentionProcessor})
+register_processors("pixart_alpha", {"attn": EDiTSelfAttentionProcessor})
+register_processors("sd35_medium", {"attn": MMEDiTJointAttentionProcessor, "attn2": EDiTSelfAttentionProcessor})
+register_processors("sd35_large", {"attn": MMEDiTJointAttentionProcessor})
+register_processors("sd3_medium", {"attn": MMEDiTJointAttentionProcessor})
+
+
 def _reject_mask(attention_mask, name: str) -> None:
     if attention_mask is not None:
         raise ValueError(f"EDiT: {name} got an attention_mask, but EDiT linear attention has no mask support; "
@@ -144,27 +157,40 @@ def _state(transformer: nn.Module) -> Optional[_EDiTState]:
     return transformer.__dict__.get(_STATE_ATTR)
 
 
+def _transformer_class(family) -> type:
+    return getattr(diffusers, family.architecture.diffusers_class)
+
+
+def transformer_classes() -> tuple[type, ...]:
+    """The diffusers transformer classes of the families with processors here."""
+    return tuple(dict.fromkeys(_transformer_class(get_family(name)) for name in PROCESSORS))
+
+
 def _teacher_spec(transformer: nn.Module) -> TeacherSpec:
-    if not isinstance(transformer, tuple(_FAMILY_CLASSES.values())):
-        raise TypeError(f"EDiT supports diffusers PixArtTransformer2DModel and SD3Transformer2DModel, not "
+    classes = transformer_classes()
+    if not isinstance(transformer, classes):
+        raise TypeError(f"EDiT supports diffusers {' and '.join(c.__name__ for c in classes)}, not "
                         f"{type(transformer).__name__}")
     keys = {k: v for k, v in transformer.state_dict(keep_vars=True).items() if f".{ADAPTER_MODULE}." not in k}
     spec = detect_teacher(keys, num_heads=transformer.config.num_attention_heads)
-    if not isinstance(transformer, _FAMILY_CLASSES.get(spec.family, ())):
+    if spec.family not in PROCESSORS or not isinstance(transformer, _transformer_class(spec.record)):
         raise TypeError(f"EDiT: a {type(transformer).__name__} whose weights look like {spec.title} is not supported")
     return spec
 
 
-def _attention_name(spec: TeacherSpec, block: int, slot: str) -> str:
-    if spec.family == "pixart_sigma":
-        return f"transformer_blocks.{block}.attn1"  # the self-attention; attn2 is the caption cross-attention
-    return f"transformer_blocks.{block}.{slot}"
+def projection_module_path(spec: TeacherSpec, block: int, slot: str, name: str) -> Optional[str]:
+    """The Attention's own module path of a canonical projection ("to_out" → "to_out.0"), or None."""
+    place = tensor_place(spec, block, slot, name, layout="diffusers")
+    module = attention_module_path(spec, block, slot, layout="diffusers")
+    if place is None or not place.key.startswith(module + "."):
+        return None
+    return place.key[len(module) + 1:]
 
 
-def _parameter_path(canonical: str) -> str:
-    """Canonical fine-tune name → the Attention's parameter path ("to_out.weight" → "to_out.0.weight")."""
+def _parameter_path(spec: TeacherSpec, block: int, slot: str, canonical: str) -> Optional[str]:
     name, part = canonical.split(".", 1)
-    return f"to_out.0.{part}" if name == "to_out" else canonical
+    path = projection_module_path(spec, block, slot, name)
+    return None if path is None else f"{path}.{part}"
 
 
 def _check_attention(attention, name: str, joint: bool) -> list[str]:
@@ -181,13 +207,15 @@ def _check_attention(attention, name: str, joint: bool) -> list[str]:
     return problems
 
 
-def _plan_finetuned(adapter: Adapter, attention: Attention, block: int, slot: str, name: str,
+def _plan_finetuned(adapter: Adapter, spec: TeacherSpec, attention: Attention, block: int, slot: str, name: str,
                     problems: list[str]) -> dict[str, torch.Tensor]:
     """Parameter path → fine-tuned tensor, checked against the attention's parameters (nothing copied yet)."""
     plan = {}
     for canonical, tensor in adapter.finetuned(block, slot).items():
-        path = _parameter_path(canonical)
+        path = _parameter_path(spec, block, slot, canonical)
         try:
+            if path is None:
+                raise AttributeError(canonical)
             param = attention.get_parameter(path)
         except AttributeError:
             problems.append(f"fine-tuned tensor {layer_prefix(block, slot)}{canonical} has no place in {name} "
@@ -201,62 +229,42 @@ def _plan_finetuned(adapter: Adapter, attention: Attention, block: int, slot: st
     return plan
 
 
-def _layers_to_convert(adapter: Adapter, spec: TeacherSpec, convert_attn2) -> list[tuple[int, str]]:
-    layers = [(b, "attn") for b in adapter.config.converted_blocks]
-    if convert_attn2 is False or not spec.attn2_blocks:
-        return layers
-    if convert_attn2 is True:
-        missing = sorted(set(spec.attn2_blocks) - set(adapter.config.attn2_blocks))
-        if missing:
-            raise AdapterError(adapter.source, [f"convert_attn2=True, but it has no attn2 layers for blocks {missing} "
-                                                "(it was made with attn2 left as softmax)"])
-    elif convert_attn2 is not None:
-        raise TypeError(f"convert_attn2 must be None, True or False, got {convert_attn2!r}")
-    return layers + [(b, "attn2") for b in adapter.config.attn2_blocks]
-
-
 # ---------------------------------------------------------------------------------------------- public API
 
 def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto", eta: Optional[str] = None,
-               convert_attn2: Optional[bool] = None) -> nn.Module:
+               attn2: str = "adapter", start_block: int = 0, end_block: int = -1) -> nn.Module:
     """Convert ``transformer``'s attention to the adapter's variant, in place; returns it.
 
-    ``eta``: "approx" | "exact" for MM-EDiT joint attention (None: the adapter's). ``convert_attn2``: None
-    converts exactly the adapter's attn2 layers, False leaves every SD3.5 ``attn2`` softmax, True also
-    requires the adapter to cover all of them. An already patched transformer is first restored. Raises
-    AdapterError when the adapter does not fit the model; nothing is changed then."""
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    eta = adapter.config.eta if eta is None else eta
-    if eta not in ETA_MODES:
-        raise ValueError(f"eta must be one of {ETA_MODES}, got {eta!r}")
+    ``eta``: "approx" | "exact" for MM-EDiT joint attention (None: the adapter's). ``attn2``: "adapter"
+    converts exactly the adapter's attn2 layers, "off" leaves every SD3.5 ``attn2`` softmax, "all" also
+    requires the adapter to cover all of them. ``start_block``/``end_block`` (inclusive, -1 = last) limit the
+    converted blocks. An already patched transformer is first restored. Raises AdapterError when the adapter
+    does not fit the model; nothing is changed then."""
     spec = _teacher_spec(transformer)
-    adapter.check_compatible(spec)
-    variant = get_variant(adapter.config.variant)
-    joint = spec.family == "sd35_medium"
-    if joint and variant.joint_attention is None:
-        raise AdapterError(adapter.source, [f"its variant {variant.name!r} has no joint attention, so it cannot "
-                                            f"convert {spec.title}'s MMDiT blocks"])
+    plan = plan_conversion(adapter, spec, start_block=start_block, end_block=end_block, attn2=attn2, eta=eta,
+                           backend=backend)
+    processors = PROCESSORS[spec.family]
     grid = TokenGrid(transformer.config.patch_size)
 
     planned, problems = [], []
-    for block, slot in _layers_to_convert(adapter, spec, convert_attn2):
-        name = _attention_name(spec, block, slot)
+    for block, slot in plan.layers:
+        name = attention_module_path(spec, block, slot, layout="diffusers")
+        processor_class = processors.get(slot)
+        if processor_class is None:
+            problems.append(f"{family_title(spec.family)} has no processor for {slot!r} layers")
+            continue
         try:
             attention = transformer.get_submodule(name)
         except AttributeError:
             problems.append(f"this model has no {name}")
             continue
-        is_joint = joint and slot == "attn"
+        is_joint = processor_class is MMEDiTJointAttentionProcessor
         layer_problems = _check_attention(attention, name, is_joint)
         if layer_problems:
             problems += layer_problems
             continue
-        finetuned = _plan_finetuned(adapter, attention, block, slot, name, problems)
-        if is_joint:
-            processor = MMEDiTJointAttentionProcessor(variant, grid, backend, eta, name)
-        else:
-            processor = EDiTSelfAttentionProcessor(variant, grid, backend, name)
+        finetuned = _plan_finetuned(adapter, spec, attention, block, slot, name, problems)
+        processor = processor_class(plan.variant, grid, plan.backend, plan.eta, name)
         weight = attention.to_q.weight
         module = adapter.build_layer(block, slot, dtype=weight.dtype, device=weight.device)
         planned.append((block, slot, name, attention, processor, module, finetuned))
@@ -278,6 +286,26 @@ def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto
     hook = transformer.register_forward_pre_hook(grid.record, with_kwargs=True)
     transformer.__dict__[_STATE_ATTR] = _EDiTState(adapter, spec, grid, hook, patched)
     return transformer
+
+
+def forward_kwargs(transformer: nn.Module, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                   cond: dict[str, torch.Tensor]) -> dict:
+    """Keyword arguments of one forward of a supported transformer: ``cond`` (the family's conditioning keys,
+    e.g. ``encoder_hidden_states`` + ``pooled_projections``) plus what the class itself needs (PixArt's
+    ``added_cond_kwargs``: the image size micro-conditions where the model uses them, VAE factor 8)."""
+    device, batch = hidden_states.device, hidden_states.shape[0]
+    kwargs = {"hidden_states": hidden_states, "timestep": timestep, "return_dict": False}
+    kwargs.update({k: (None if v is None else v.to(device)) for k, v in cond.items()})
+    if isinstance(transformer, diffusers.PixArtTransformer2DModel):
+        kwargs.setdefault("encoder_attention_mask", None)
+        if getattr(transformer, "use_additional_conditions", False):
+            h, w = hidden_states.shape[-2] * 8, hidden_states.shape[-1] * 8
+            kwargs["added_cond_kwargs"] = {
+                "resolution": torch.tensor([[h, w]], device=device, dtype=torch.float32).expand(batch, 2),
+                "aspect_ratio": torch.tensor([[h / w]], device=device, dtype=torch.float32).expand(batch, 1)}
+        else:
+            kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+    return kwargs
 
 
 def remove_edit(transformer: nn.Module) -> nn.Module:
@@ -325,4 +353,5 @@ def edit_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["apply_edit", "remove_edit", "is_edit_applied", "edit_parameters", "edit_state_dict",
-           "EDiTSelfAttentionProcessor", "MMEDiTJointAttentionProcessor", "TokenGrid", "ADAPTER_MODULE"]
+           "EDiTSelfAttentionProcessor", "MMEDiTJointAttentionProcessor", "TokenGrid", "ADAPTER_MODULE", "PROCESSORS",
+           "register_processors", "projection_module_path", "transformer_classes", "forward_kwargs"]

@@ -7,8 +7,9 @@ families, how a converted joint attention computes (``joint_attention``). Adapte
 trainer only ever talk to this interface, so a new variant (SANA-style ReLU linear attention,
 LinFusion, PixArt-Σ KV compression, fully linear MM-DiT, …) is one module plus ``register_variant``.
 
-Registered now: ``edit`` (EDiT linear compressed attention, PixArt-Σ) and ``mm_edit`` (MM-EDiT hybrid
-joint attention with EDiT on the image-only ``attn2`` layers, SD3.5-Medium).
+Registered now: ``edit`` (EDiT linear compressed attention, PixArt families) and ``mm_edit`` (MM-EDiT
+hybrid joint attention with EDiT on the image-only ``attn2`` layers, MMDiT families). Which families a
+variant converts follows from whether it has a joint attention; each family names its default variant.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from ..modules.layer_adapter import EDiTLayerAdapter
 class AttentionVariant:
     name: str
     title: str
-    families: tuple[str, ...]
     build_layer: Callable[..., nn.Module]
     """(channels, *, reduction, dtype, device, operations) → the per-layer trainable module."""
     self_attention: Callable
@@ -34,15 +34,17 @@ class AttentionVariant:
     joint_attention: Optional[Callable] = None
     """(layer, image, text, grid, image_proj, text_proj, heads, *, eta, image_rows_only, eps, backend)."""
 
+    def converts(self, family) -> bool:
+        """Whether this variant can convert a model of ``family`` (a ``Family`` record): a family with MMDiT
+        joint attention needs a variant with ``joint_attention``; a self-attention family one without."""
+        return (self.joint_attention is not None) == bool(family.joint)
+
 
 _VARIANTS: dict[str, AttentionVariant] = {}
-_DEFAULT_FOR_FAMILY: dict[str, str] = {}
 
 
-def register_variant(variant: AttentionVariant, *, default_for: tuple[str, ...] = ()) -> None:
+def register_variant(variant: AttentionVariant) -> None:
     _VARIANTS[variant.name] = variant
-    for family in default_for:
-        _DEFAULT_FOR_FAMILY[family] = variant.name
 
 
 def get_variant(name: str) -> AttentionVariant:
@@ -55,23 +57,16 @@ def list_variants() -> list[str]:
     return sorted(_VARIANTS)
 
 
-def default_variant(family: str) -> str:
-    if family not in _DEFAULT_FOR_FAMILY:
-        raise KeyError(f"no attention variant converts model family {family!r}")
-    return _DEFAULT_FOR_FAMILY[family]
-
-
 def _build_edit_layer(channels: int, *, reduction: int = 4, dtype=None, device=None, operations=None):
     return EDiTLayerAdapter(channels, reduction, dtype=dtype, device=device, operations=operations)
 
 
 register_variant(AttentionVariant(
-    name="edit", title="EDiT linear compressed attention", families=("pixart_sigma",),
-    build_layer=_build_edit_layer, self_attention=edit_self_attention), default_for=("pixart_sigma",))
+    name="edit", title="EDiT linear compressed attention", build_layer=_build_edit_layer,
+    self_attention=edit_self_attention))
 
 register_variant(AttentionVariant(
-    name="mm_edit", title="MM-EDiT hybrid attention", families=("sd35_medium",),
-    build_layer=_build_edit_layer, self_attention=edit_self_attention,
-    joint_attention=mm_edit_joint_attention), default_for=("sd35_medium",))
+    name="mm_edit", title="MM-EDiT hybrid attention", build_layer=_build_edit_layer,
+    self_attention=edit_self_attention, joint_attention=mm_edit_joint_attention))
 
-__all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants", "default_variant"]
+__all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants"]

@@ -89,7 +89,7 @@ def test_model_that_is_neither_pixart_nor_sd3_is_refused(comfy_env, sd3, bad_fil
     assert result.valid and not result.success
     (error,) = result.errors
     assert error["node_type"] == "EDiTApply"
-    assert "EDiT converts PixArt-Sigma and SD3.5-Medium models; this MODEL is BaseModel (UNetModel)" in \
+    assert "SD3-Medium models; this MODEL is BaseModel (UNetModel)" in \
         error["exception_message"]
     assert comfy_env.run_prompt(_apply_prompt(_unet(sd3.filename), sd3.adapter_file)).success
 

@@ -193,7 +193,7 @@ BAD_INPUTS = {
     "no_pooled": (dict(positive=[[torch.zeros(1, 8, 4096), {}]]), "pooled"),
     "token_counts": (dict(negative=conditioning("sd3", seed=2, length=12)), "different token counts [8, 12]"),
     "reduction": (dict(reduction=3), "reduction 3 does not divide the model's width 128"),
-    "model": ("other", "EDiT converts PixArt-Sigma and SD3.5-Medium models"),
+    "model": ("other", "EDiT converts PixArt-Sigma, PixArt-Alpha, SD3.5-Medium"),
 }
 
 

@@ -329,10 +329,10 @@ def test_sd3_dual_attention_matches_float64_reference():
     assert rel_rmse(out, expected) <= TOLERANCE
 
 
-def test_convert_attn2_false_keeps_dual_attention_softmax():
+def test_attn2_off_keeps_dual_attention_softmax():
     model = make_sd3()
     original = model.transformer_blocks[0].attn2.processor
-    apply_edit(model, sd3_adapter(model), convert_attn2=False)
+    apply_edit(model, sd3_adapter(model), attn2="off")
     assert model.transformer_blocks[0].attn2.processor is original
     assert not hasattr(model.transformer_blocks[0].attn2, ADAPTER_MODULE)
     assert hasattr(model.transformer_blocks[0].attn, ADAPTER_MODULE)
@@ -423,8 +423,8 @@ def test_unsupported_model_is_rejected():
 def test_adapter_without_attn2_layers_leaves_dual_attention_softmax():
     model = make_sd3()
     adapter = init_adapter_from_teacher(model.state_dict(), convert_attn2=False)
-    with pytest.raises(AdapterError, match=r"convert_attn2=True.*blocks \[0\]"):
-        apply_edit(model, adapter, convert_attn2=True)
+    with pytest.raises(AdapterError, match=r"attn2 'all'.*blocks \[0\]"):
+        apply_edit(model, adapter, attn2="all")
     apply_edit(model, adapter)
     assert not hasattr(model.transformer_blocks[0].attn2, ADAPTER_MODULE)
 
