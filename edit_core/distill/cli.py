@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-EXIT_OK, EXIT_USER_ERROR = 0, 2
+from ..commands import EXIT_OK, EXIT_USER_ERROR, CommandError, report_errors  # noqa: F401 (re-exported)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DESCRIPTION = (
@@ -42,8 +42,7 @@ EPILOG = """examples:
   (killed?  run the same command again with --resume)"""
 
 
-class DistillCommandError(Exception):
-    """A user mistake: printed as one ``error:`` line, exit code 2."""
+DistillCommandError = CommandError  # the shared user-mistake error (``edit_core.commands``)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,19 +219,8 @@ def _bar(enabled: bool, total: int, desc: str, initial: int = 0):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapter import AdapterError
-    from .data import DistillDataError
-    from .teachers import TeacherError
-    from .trainer import DistillError
-
-    try:
-        return _run(args)
-    except (DistillCommandError, TeacherError, DistillDataError, DistillError, AdapterError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted (the data cache and checkpoints so far are kept; rerun with --resume)", file=sys.stderr)
-        return 130
+    return report_errors(lambda: _run(args), interrupted="interrupted (the data cache and checkpoints so far are "
+                                                         "kept; rerun with --resume)")
 
 
 def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script

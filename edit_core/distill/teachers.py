@@ -18,7 +18,6 @@ weights are loaded. Text-embeddings file (safetensors, names as the pipelines' `
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -29,15 +28,11 @@ import torch
 
 from ..families import (FamilyError, detect_teacher, family_for_diffusers_class, family_for_pipeline, family_title,
                         get_family, list_families)
-from ..safetensors_file import SafetensorsFileError, read_shapes
+from ..teacher_files import TeacherError, find_teacher_files, pipeline_class, read_json, safetensors_shapes
 
 
 def _supported() -> str:
     return ", ".join(f.title for f in list_families())
-
-
-class TeacherError(ValueError):
-    """The teacher or its text embeddings cannot be used; the message says why and what to pass instead."""
 
 
 @dataclass
@@ -63,19 +58,8 @@ class TeacherInfo:
                 "teacher_bytes": sum(os.path.getsize(f) for f in self.weight_files)}
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TeacherError(f"cannot read {path} ({e})") from None
-
-
-def _header(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    try:
-        return read_shapes(path)
-    except SafetensorsFileError as e:
-        raise TeacherError(str(e)) from None
+_read_json = read_json
+_header = safetensors_shapes
 
 
 def _family_from_weights(files: Sequence[str], config: dict, where: str) -> str:
@@ -91,38 +75,20 @@ def _family_from_weights(files: Sequence[str], config: dict, where: str) -> str:
 
 def inspect_teacher(path: str, teacher_config: Optional[str] = None) -> TeacherInfo:
     """What ``path`` is, from configs and headers only. Raises TeacherError for anything unusable."""
-    if not os.path.exists(path):
-        raise TeacherError(f"teacher '{path}' does not exist")
-    if os.path.isdir(path):
-        index = os.path.join(path, "model_index.json")
-        if os.path.isfile(index):
-            name = _read_json(index).get("_class_name", "?")
-            if not family_for_pipeline(name):
-                known = sorted({p for f in list_families() for p in f.pipelines})
-                raise TeacherError(f"teacher '{path}' is a {name}; distillation supports {', '.join(known)}")
-            config = _read_json(os.path.join(path, "transformer", "config.json"))
-            files = sorted(glob.glob(os.path.join(glob.escape(path), "transformer", "*.safetensors")))
-            if not files:
-                raise TeacherError(f"teacher '{path}' has no transformer/*.safetensors weights (only safetensors "
-                                   "are read)")
-            family = _family_from_weights(files, config, path)
-            if get_family(family) not in family_for_pipeline(name):
-                raise TeacherError(f"teacher '{path}' is a {name} but its weights look like {family_title(family)}")
-            scheduler = os.path.join(path, "scheduler", "scheduler_config.json")
-            return TeacherInfo(path, "pipeline", family, config, files,
-                               _read_json(scheduler) if os.path.isfile(scheduler) else {}, name)
-        config_path = os.path.join(path, "config.json")
-        if not os.path.isfile(config_path):
-            raise TeacherError(f"teacher folder '{path}' has neither model_index.json (a pipeline) nor config.json "
-                               "(a transformer)")
-        config = _read_json(config_path)
-        _check_class(config, path)
-        files = sorted(glob.glob(os.path.join(glob.escape(path), "*.safetensors")))
-        if not files:
-            raise TeacherError(f"teacher folder '{path}' has no .safetensors weights")
-        return TeacherInfo(path, "transformer_dir", _family_from_weights(files, config, path), config, files)
-    if not path.endswith(".safetensors"):
-        raise TeacherError(f"teacher '{path}' is not a .safetensors file or a diffusers folder")
+    name = pipeline_class(path) if os.path.isdir(path) else None
+    if name is not None and not family_for_pipeline(name):
+        known = sorted({p for f in list_families() for p in f.pipelines})
+        raise TeacherError(f"teacher '{path}' is a {name}; distillation supports {', '.join(known)}")
+    found = find_teacher_files(path)
+    if found.kind == "pipeline":
+        family = _family_from_weights(found.files, found.config, path)
+        if get_family(family) not in family_for_pipeline(name):
+            raise TeacherError(f"teacher '{path}' is a {name} but its weights look like {family_title(family)}")
+        return TeacherInfo(path, "pipeline", family, found.config, found.files, found.scheduler_config, name)
+    if found.kind == "transformer_dir":
+        _check_class(found.config, path)
+        return TeacherInfo(path, "transformer_dir", _family_from_weights(found.files, found.config, path),
+                           found.config, found.files)
     shapes, metadata = _header(path)
     if teacher_config:
         config = _read_json(teacher_config)

@@ -109,7 +109,7 @@ def test_init_adapter_unsupported_model_reports_family_error(capsys, tmp_path):
     save_file({"input_blocks.0.0.weight": torch.zeros(4, 4)}, str(teacher))
     code, _, err = run(capsys, "init-adapter", "--teacher", str(teacher), "--out", str(tmp_path / "a.safetensors"))
     assert code == 2
-    assert "not a PixArt-Sigma or SD3.5-Medium" in err and "Traceback" not in err
+    assert "not a model this pack converts" in err and "Traceback" not in err
 
 
 def test_init_adapter_unwritable_output(capsys, comfy_pixart, tmp_path):
@@ -259,3 +259,13 @@ def test_no_command_prints_help_and_fails(capsys):
     code, stdout, _ = run(capsys)
     assert code == 2
     assert "init-adapter" in stdout and "bench" in stdout
+
+
+def test_init_adapter_refuses_a_folder_that_is_not_a_model(capsys, tmp_path):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    save_file({"stray": torch.zeros(2)}, str(folder / "something.safetensors"))
+    code, _, err = run(capsys, "init-adapter", "--teacher", str(folder), "--out", str(tmp_path / "a.safetensors"))
+    assert code == 2
+    assert "neither model_index.json" in err and "give the .safetensors file" in err
+    assert not (tmp_path / "a.safetensors").exists()
