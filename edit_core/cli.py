@@ -8,7 +8,6 @@ an ``error:`` message on stderr without a traceback. Anything else is a bug and 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shlex
@@ -17,7 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .safetensors_file import SafetensorsFileError, read_shapes
+from .commands import EXIT_OK, EXIT_USER_ERROR, CommandError, report_errors
+from .teacher_files import find_teacher_files, load_teacher_tensors, read_teacher_shapes
 
 
 def family_choices() -> list[str]:
@@ -26,82 +26,14 @@ def family_choices() -> list[str]:
 
     return [name for f in list_families() for name in (f.name, *f.aliases)]
 
-EXIT_OK, EXIT_USER_ERROR = 0, 2
-
-
-class CommandError(Exception):
-    """A user mistake: printed as one ``error:`` line, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------- teachers
-
-def _read_shapes(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every tensor of a safetensors file as a meta tensor (shape and dtype, no data), and its metadata."""
-    try:
-        return read_shapes(path)
-    except SafetensorsFileError as e:
-        raise CommandError(str(e)) from None
-
-
-def _model_directory(path: str) -> tuple[list[str], dict]:
-    """The weight files and config of a diffusers model folder (or a pipeline folder's ``transformer/``)."""
-    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "transformer")):
-        path = os.path.join(path, "transformer")
-    config = {}
-    config_path = os.path.join(path, "config.json")
-    if os.path.isfile(config_path):
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CommandError(f"'{config_path}' is not valid JSON ({e})") from None
-    index = os.path.join(path, "diffusion_pytorch_model.safetensors.index.json")
-    single = os.path.join(path, "diffusion_pytorch_model.safetensors")
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CommandError(f"'{index}' is not a safetensors index ({e})") from None
-        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise CommandError(f"'{path}': shard {os.path.basename(missing[0])} named in the index is missing")
-        return files, config
-    if os.path.isfile(single):
-        return [single], config
-    others = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if others:
-        return others, config
-    pickles = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
-    hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
-    raise CommandError(f"'{path}' has no diffusion_pytorch_model*.safetensors weights{hint}")
-
-
-def read_teacher(path: str) -> tuple[dict[str, torch.Tensor], Optional[int]]:
-    """Teacher tensor shapes (meta tensors) from a safetensors file or a diffusers model folder, and the head
-    count if the folder's config.json gives it."""
-    if not os.path.exists(path):
-        raise CommandError(f"teacher '{path}' does not exist")
-    if os.path.isdir(path):
-        files, config = _model_directory(path)
-        heads = config.get("num_attention_heads")
-    else:
-        files, heads = [path], None
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        shapes, metadata = _read_shapes(file)
-        state.update(shapes)
-        if heads is None and "pixart_num_heads" in metadata:  # written by some tiny-model tools
-            heads = metadata["pixart_num_heads"]
-    try:
-        heads = int(heads) if heads is not None else None
-    except (TypeError, ValueError):
-        heads = None
-    return state, heads
-
-
 # ---------------------------------------------------------------------------------------------- commands
+
+def _int_or_none(value) -> Optional[int]:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
 
 def _check_output(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -123,8 +55,10 @@ def cmd_init_adapter(args: argparse.Namespace) -> int:
     from .families import family_title, get_family
 
     _check_output(args.out)
-    state, config_heads = read_teacher(args.teacher)
-    heads = args.heads or config_heads
+    teacher = find_teacher_files(args.teacher)
+    state, metadata = read_teacher_shapes(teacher)
+    heads = args.heads or _int_or_none(teacher.config.get("num_attention_heads")) or \
+        _int_or_none(metadata.get("pixart_num_heads"))  # (written by some tiny-model tools)
     try:
         family = None if args.family is None else get_family(args.family).name
     except KeyError as e:
@@ -135,11 +69,9 @@ def cmd_init_adapter(args: argparse.Namespace) -> int:
     except ValueError as e:  # FamilyError is a ValueError; so are bad reductions
         raise CommandError(f"'{args.teacher}': {e}") from None
     if any(t.is_meta for t in adapter.tensors.values()):  # the adapter copied teacher tensors: read them for real
-        from safetensors.torch import load_file
-        files = _model_directory(args.teacher)[0] if os.path.isdir(args.teacher) else [args.teacher]
-        state = {k: v for f in files for k, v in load_file(f).items()}
-        adapter = init_adapter_from_teacher(state, family, reduction=args.reduction, num_heads=heads,
-                                            convert_attn2=not args.no_attn2, eta=args.eta, seed=args.seed)
+        adapter = init_adapter_from_teacher(load_teacher_tensors(teacher), family, reduction=args.reduction,
+                                            num_heads=heads, convert_attn2=not args.no_attn2, eta=args.eta,
+                                            seed=args.seed)
     try:
         save_adapter(adapter, args.out)
     except OSError as e:
@@ -266,7 +198,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edit_core", formatter_class=_Formatter,
-        description="EDiT linear compressed attention (arXiv 2503.16726) for PixArt-Sigma and SD3.5-Medium: "
+        description="EDiT linear compressed attention (arXiv 2503.16726) for PixArt-Sigma/Alpha and SD3/SD3.5: "
                     "make and inspect adapter files, benchmark EDiT against softmax attention, run a tiny demo.",
         epilog="examples:\n"
                "  python -m edit_core init-adapter --teacher PixArt-Sigma-XL-2-1024-MS.safetensors --out edit.safetensors\n"
@@ -277,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "init-adapter", formatter_class=_Formatter, help="make the starting adapter for a teacher model",
-        description="Write the starting EDiT adapter for a PixArt-Sigma or SD3.5-Medium teacher: ConvFusion with a "
+        description="Write the starting EDiT adapter for a PixArt-Sigma/Alpha or SD3/SD3.5 teacher: ConvFusion with a "
                     "zero-initialised output conv and blur-initialised key/value compressors, so the converted "
                     "model starts as plain ReLU linear attention on the teacher's own projections. Distil it "
                     "before expecting teacher-quality images. Only tensor names and shapes are read; pickle "
@@ -296,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-attn2", action="store_true",
                    help="SD3.5-M: leave the image-only dual attention (attn2, blocks 0-12) as softmax")
     p.add_argument("--eta", choices=("approx", "exact"), default="approx",
-                   help="SD3.5-M image-row mixing weight: approx = N_img/(N_img+N_text) (the paper's), exact = "
+                   help="SD3 / SD3.5 image-row mixing weight: approx = N_img/(N_img+N_text) (the paper's), exact = "
                         "from the two branches' normalisers (an ablation)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ConvFusion 3×3 conv's random init")
     p.set_defaults(handler=cmd_init_adapter)
@@ -386,24 +318,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
 
-    from .adapter import AdapterError
-    from .bench import BenchError
-    from .demo import DemoError
-    from .families import FamilyError
-
-    try:
-        if args.command == "bench":
-            return args.handler(args, argv)
-        return args.handler(args)
-    except AdapterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except (CommandError, FamilyError, BenchError, DemoError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    if args.command == "bench":
+        return report_errors(lambda: args.handler(args, argv))
+    return report_errors(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def prediction_type(model_sampling) -> str:
         return "epsilon"
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         return "flow"
-    raise DistillError(f"EDiT distillation needs an epsilon (PixArt-Sigma) or rectified-flow (SD3.5) model; this "
+    raise DistillError(f"EDiT distillation needs an epsilon (PixArt) or rectified-flow (SD3 / SD3.5) model; this "
                        f"MODEL's sampling is {type(model_sampling).__name__}")
 
 
@@ -279,7 +279,7 @@ class ComfyDistillHost(SwitchedHost):
         try:
             model_conds = self.base.model.extra_conds(**params)
         except KeyError as e:
-            raise DistillError(f"conditioning entry {index} has no {e.args[0]!r}: SD3.5 needs the pooled CLIP output "
+            raise DistillError(f"conditioning entry {index} has no {e.args[0]!r}: SD3 / SD3.5 need the pooled CLIP output "
                                "(encode the prompt with the model's CLIP, e.g. TripleCLIPLoader → CLIP Text "
                                "Encode)") from None
         row = {}
@@ -300,7 +300,7 @@ class ComfyDistillHost(SwitchedHost):
             lengths = sorted({v.shape[1] for v in values if v.dim() == 3})
             if len(lengths) > 1:
                 if get_family(self.family).joint:
-                    raise DistillError(f"the prompts encode to different token counts {lengths}; SD3.5's joint "
+                    raise DistillError(f"the prompts encode to different token counts {lengths}; MMDiT's joint "
                                        "attention cannot batch them without changing them: shorten the long "
                                        "prompts (or distil with prompts of one length)")
                 length = math.lcm(*lengths)  # cross-attention only: repeating every token is exact, as ComfyUI does

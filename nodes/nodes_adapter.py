@@ -43,12 +43,14 @@ class EDiTApply(io.ComfyNode):
             node_id="EDiTApply",
             display_name="Apply EDiT Attention",
             category=CATEGORY,
-            description="Returns a copy of the MODEL whose self-attention (PixArt-Sigma) or joint attention "
-                        "(SD3.5-Medium, hybrid: image↔image linear, anything with text softmax) is replaced by "
+            description="Returns a copy of the MODEL whose self-attention (PixArt-Sigma, PixArt-Alpha) or joint "
+                        "attention (SD3-Medium, SD3.5-Medium, SD3.5-Large; hybrid: image↔image linear, anything with "
+                        "text softmax) is replaced by "
                         "the adapter's EDiT attention: cost grows linearly with the image size. The input MODEL "
                         "is left untouched; LoRAs and other weight patches keep working.",
             inputs=[
-                io.Model.Input("model", tooltip="A PixArt-Sigma or SD3.5-Medium diffusion model."),
+                io.Model.Input("model", tooltip="A PixArt-Sigma, PixArt-Alpha, SD3-Medium, SD3.5-Medium or SD3.5-Large "
+                                                "diffusion model."),
                 EDiTAdapterType.Input("adapter", tooltip="From Load EDiT Adapter; it must be made for this model "
                                                          "(same family, block count and width)."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto",
@@ -56,7 +58,7 @@ class EDiTApply(io.ComfyNode):
                                        "NVIDIA GPUs when installed, else PyTorch); torch forces PyTorch; triton "
                                        "forces the Triton kernels (errors if unavailable)."),
                 io.Combo.Input("eta", options=list(ETA_CHOICES), default="adapter default",
-                               tooltip="SD3.5 only: how image rows mix linear image↔image and softmax image→text "
+                               tooltip="SD3 / SD3.5 only: how image rows mix linear image↔image and softmax image→text "
                                        "attention. approx: N_image/(N_image+N_text) (the paper's default); exact: "
                                        "from the two normalisers. adapter default: what the adapter was trained with."),
                 io.Combo.Input("convert_attn2", options=list(ATTN2_CHOICES), default="adapter default",

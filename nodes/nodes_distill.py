@@ -17,9 +17,10 @@ from comfy_api.latest import io
 
 from ..edit_core.adapter import Adapter, save_adapter
 from ..edit_core.distill.data import Stage, TensorDataset, check_resolution
+from ..edit_core.distill.plot import loss_curve_pixels
 from ..edit_core.distill.sampling import sample_teacher
 from ..edit_core.distill.trainer import DistillConfig, DistillError, Trainer
-from .apply import BACKENDS, compute_dtype, describe_model
+from .apply import BACKENDS, compute_dtype
 from .distill_host import ComfyDistillHost
 from .io_types import EDiTAdapterType
 from .model_folder import register_model_folder
@@ -72,33 +73,8 @@ def _series(history: list[dict], key: str) -> list[tuple[int, float]]:
 
 
 def _matplotlib_curve(history, title, size) -> torch.Tensor:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dpi = 100
-    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    drawn = False
-    for key, label in CURVES:
-        values = _series(history, key)
-        if values:
-            axes.plot([v[0] for v in values], [v[1] for v in values], label=label, linewidth=1.2)
-            drawn = True
-    if drawn:
-        axes.set_yscale("log")
-        axes.legend(loc="best")
-    else:
-        axes.text(0.5, 0.5, "no training step yet", ha="center", va="center", transform=axes.transAxes)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss (MSE)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.set_title(title)
-    figure.tight_layout()
-    canvas.draw()
-    rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)
-    height, width = int(canvas.get_width_height()[1]), int(canvas.get_width_height()[0])
-    return (rgba.reshape(height, width, 4)[..., :3].float() / 255.0).unsqueeze(0)
+    pixels = loss_curve_pixels(history, title, size, curves=CURVES, learning_rate=False)
+    return (pixels.float() / 255.0).unsqueeze(0)
 
 
 def _pil_curve(history, title, size) -> torch.Tensor:
@@ -215,7 +191,7 @@ class EDiTDistill(io.ComfyNode):
             node_id="EDiTDistill",
             display_name="Distill EDiT Adapter",
             category=CATEGORY,
-            description="EXPERIMENTAL. Trains an EDiT (PixArt-Sigma) or MM-EDiT (SD3.5-Medium) adapter for the "
+            description="EXPERIMENTAL. Trains an EDiT (PixArt) or MM-EDiT (SD3 / SD3.5) adapter for the "
                         "connected MODEL by distillation, without any images: the MODEL (the teacher, loaded once, "
                         "no second copy) first samples latents from your prompts, then the adapter learns to "
                         "reproduce the teacher's attention outputs and predictions. Training on a real model needs "
@@ -224,7 +200,7 @@ class EDiTDistill(io.ComfyNode):
                         "returns the adapter and its loss curve. Cancel stops after the current step and still "
                         "saves what was learnt. The input MODEL is left unchanged.",
             inputs=[
-                io.Model.Input("model", tooltip="The teacher: a PixArt-Sigma or SD3.5-Medium MODEL (with any LoRAs "
+                io.Model.Input("model", tooltip="The teacher: a PixArt-Sigma/Alpha or SD3/SD3.5 MODEL (with any LoRAs "
                                                 "you want the adapter to match). It is not modified."),
                 io.Conditioning.Input("positive", tooltip="The prompts the teacher samples from. Every entry and "
                                                           "every batch row is one prompt: combine several CLIP Text "
@@ -245,8 +221,8 @@ class EDiTDistill(io.ComfyNode):
                              tooltip="How many latents the teacher samples for each prompt (different noise); they "
                                      "are the training data."),
                 io.Int.Input("teacher_steps", default=20, min=1, max=500,
-                             tooltip="Sampling steps the teacher takes per training latent (DDIM for PixArt-Sigma, "
-                                     "Euler for SD3.5)."),
+                             tooltip="Sampling steps the teacher takes per training latent (DDIM for PixArt, Euler "
+                                     "for SD3 / SD3.5)."),
                 io.Float.Input("cfg", default=4.5, min=1.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance of the teacher's sampling; used only when a negative "
                                        "is connected."),
@@ -290,9 +266,9 @@ class EDiTDistill(io.ComfyNode):
         config.validate()
         if samples_per_prompt < 1 or teacher_steps < 1:
             raise DistillError("samples_per_prompt and teacher_steps must be at least 1")
-        spec = describe_model(model)
         with torch.inference_mode(False), torch.enable_grad():
             with ComfyDistillHost(model, reduction=int(reduction), backend=backend, seed=int(seed)) as host:
+                spec = host.spec
                 cond, null = host.conditioning(positive, int(width), int(height), negative)
                 prompts = next(iter(cond.values())).shape[0]
                 cond = {k: v.repeat_interleave(int(samples_per_prompt), dim=0) for k, v in cond.items()}

@@ -27,7 +27,7 @@ from ..commands import EXIT_OK, EXIT_USER_ERROR, CommandError, report_errors  # 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DESCRIPTION = (
-    "Distil an EDiT (PixArt-Sigma) or MM-EDiT (SD3.5-Medium) adapter from your own diffusers teacher. Data-free "
+    "Distil an EDiT (PixArt-Sigma/Alpha) or MM-EDiT (SD3-Medium, SD3.5-Medium/Large) adapter from your own diffusers teacher. Data-free "
     "by default: the teacher samples one latent per prompt and resolution stage (cached in --work-dir with the "
     "text embeddings); the student (teacher + EDiT attention; only the new attention layers train, plus the "
     "attention projections with --train-projections) learns from per-layer attention outputs and the teacher's "
@@ -48,7 +48,7 @@ DistillCommandError = CommandError  # the shared user-mistake error (``edit_core
 def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--teacher", required=True, metavar="PATH",
-      help="diffusers PixArtSigmaPipeline / StableDiffusion3Pipeline folder, a transformer folder, or one transformer "
+      help="diffusers PixArtSigmaPipeline / PixArtAlphaPipeline / StableDiffusion3Pipeline folder, a transformer folder, or one transformer "
            ".safetensors file (config in its metadata, a config.json beside it, or --teacher-config); the last two "
            "need --text-embeddings")
     a("--prompts", required=True, metavar="FILE", help="text file, one prompt per line (blank lines and # comments "
@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--samples-per-prompt", type=int, default=1, help="teacher samples per prompt and stage")
     a("--sample-steps", type=int, default=20, help="teacher sampling steps (DDIM / flow Euler)")
     a("--guidance", type=float, default=4.5, help="teacher sampling CFG scale (needs the empty prompt's embedding)")
-    a("--flow-shift", type=float, default=None, help="SD3.5 sampling shift (default: the scheduler's, else 3.0)")
+    a("--flow-shift", type=float, default=None, help="SD3 / SD3.5 sampling shift (default: the scheduler's, else 3.0)")
     a("--checkpoint-every", type=int, default=250, help="steps between checkpoints (a killed run loses at most this)")
     a("--log-every", type=int, default=10, help="steps between JSONL log lines")
     a("--work-dir", default=None, help="cache, checkpoints, log.jsonl, loss.png (default: OUT without .safetensors "

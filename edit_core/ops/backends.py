@@ -69,6 +69,11 @@ def mark_unavailable(name: str, reason: str) -> None:
     _UNAVAILABLE[name] = reason
 
 
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` could not be registered, or None when nothing was recorded."""
+    return _UNAVAILABLE.get(name)
+
+
 def disable_for_auto(op: str, name: str, reason: str) -> None:
     """Stop ``"auto"`` from picking ``name`` for ``op`` in this process (it failed at run time)."""
     _AUTO_DISABLED[(op, name)] = reason

@@ -11,6 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from edit_core import bench
+from edit_core.bench import planning
 from edit_core.cli import main
 
 FAST = ("--tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--threads", "1")
@@ -41,7 +42,7 @@ def test_op_bw_rows_give_bandwidth_against_measured_copy(sections_run):
     stdout, results, _ = sections_run
     assert "copy bandwidth" in stdout and results["references"]["copy_gbps"] > 0
     rows = _rows(results, "op-bw", "torch")
-    assert {(r["family"], r["tokens"]) for r in rows} == {(f, n) for f in ("pixart", "sd35") for n in (64, 256)}
+    assert {(r["family"], r["tokens"]) for r in rows} == {(f, n) for f in ("pixart_sigma", "sd35_medium") for n in (64, 256)}
     for r in rows:
         assert r["device"] == results["device"]["name"] and r["heads"] == "4x16"
         n = r["tokens"]
@@ -57,19 +58,20 @@ def test_model_rows_give_seconds_speedup_and_tflops_against_matmul_peak(sections
     peak = results["references"]["matmul_tflops"]
     assert "matmul peak" in stdout and peak > 0
     rows = [r for r in _rows(results, "model", "torch") if r["edit"]["median_s"]]
-    assert {(r["family"], r["resolution"]) for r in rows} == {("pixart", 128), ("pixart", 512), ("sd35", 128)}
+    assert {(r["family"], r["resolution"]) for r in rows} == {
+        ("pixart_sigma", 128), ("pixart_sigma", 512), ("sd35_medium", 128)}
     for r in rows:
         side = r["resolution"] // 16
         assert r["tokens"] == side * side and r["grid"] == f"{side}x{side}"
         assert r["speedup"] == pytest.approx(r["teacher"]["median_s"] / r["edit"]["median_s"])
         assert r["edit_tflops"] == pytest.approx(r["edit_flops"] / r["edit"]["median_s"] / 1e12)
         assert r["peak_percent"] == pytest.approx(100 * r["edit_tflops"] / peak)
-    assert set(results["models"]) == {"pixart", "sd35"}
+    assert set(results["models"]) == {"pixart_sigma", "sd35_medium"}
 
 
 def test_sd3_beyond_its_position_table_is_skipped_with_the_reason(sections_run):
     _, results, _ = sections_run
-    (row,) = [r for r in _rows(results, "model", "torch") if r["family"] == "sd35" and r["resolution"] == 512]
+    (row,) = [r for r in _rows(results, "model", "torch") if r["family"] == "sd35_medium" and r["resolution"] == 512]
     assert row["teacher"]["skipped"] == row["edit"]["skipped"] == "pos_embed_max_size 16 caps SD3.5-M at 256² px"
 
 
@@ -85,13 +87,13 @@ def test_triton_rows_on_cpu_are_skipped_not_run_in_the_interpreter(sections_run)
 
 def test_triton_without_interpreter_on_cpu_names_the_missing_gpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(bench, "_triton_interpreted", lambda: False)
+    monkeypatch.setattr(planning, "triton_interpreted", lambda: False)
     assert "needs a CUDA device" in bench.timing_problem("triton", "cpu")
     assert bench.timing_problem("auto", "cpu") is None and bench.timing_problem("torch", "cpu") is None
 
 
 def test_interpreter_is_never_timed_on_cuda_either(monkeypatch):
-    monkeypatch.setattr(bench, "_triton_interpreted", lambda: True)
+    monkeypatch.setattr(planning, "triton_interpreted", lambda: True)
     assert "interpreter" in bench.timing_problem("triton", "cuda")
     assert "interpreter" in bench.timing_problem("auto", "cuda")
 
@@ -133,10 +135,10 @@ def test_model_first_size_over_budget_is_skipped_by_flops_over_peak_without_buil
 
 def test_slow_calls_get_fewer_timed_calls_but_at_least_three():
     config = bench.BenchConfig(warmup=10, repeats=30, case_seconds=10)
-    assert bench._call_counts(None, config) == (10, 30)
-    assert bench._call_counts(0.01, config) == (10, 30)
-    assert bench._call_counts(1.0, config) == (2, 10)
-    assert bench._call_counts(60.0, config) == (0, 3)
+    assert planning.call_counts(None, config) == (10, 30)
+    assert planning.call_counts(0.01, config) == (10, 30)
+    assert planning.call_counts(1.0, config) == (2, 10)
+    assert planning.call_counts(60.0, config) == (0, 3)
 
 
 def test_contenders_with_fewer_calls_drop_out_of_the_round():
@@ -153,12 +155,12 @@ def test_bad_resolution_is_a_one_line_error(capsys):
 
 
 def test_processor_switch_teacher_is_the_untouched_model():
-    config = bench.model_config("pixart", tiny=True)
-    model = bench.build_random_model("pixart", config, "cpu", torch.float32)
-    inputs = bench.model_inputs("pixart", config, 128, 8, 1, "cpu", torch.float32, torch.Generator().manual_seed(0))
+    config = bench.model_config("pixart_sigma", tiny=True)
+    model = bench.build_random_model("pixart_sigma", config, "cpu", torch.float32)
+    inputs = bench.model_inputs("pixart_sigma", config, 128, 8, 1, "cpu", torch.float32, torch.Generator().manual_seed(0))
     with torch.inference_mode():
         before = model(**inputs)[0]
-        switch = bench.ProcessorSwitch(model, "pixart", 4, seed=0)
+        switch = bench.ProcessorSwitch(model, "pixart_sigma", 4, seed=0)
         switch.edit("torch")()
         edit = model(**inputs)[0]
         switch.teacher()
@@ -182,20 +184,20 @@ def test_pixart_flops_match_a_hand_count():
     mlp = 8 * 4 * 64
     teacher = patch_in + patch_out + ada_norm_single + caption + self_attention + cross_attention + mlp
     assert teacher == 8784
-    assert bench.model_flops("pixart", config, (2, 2), 3, edit=False) == 2 * teacher
+    assert bench.model_flops("pixart_sigma", config, (2, 2), 3, edit=False) == 2 * teacher
     edit_attention = (4 * (9 * 8 * 2 + 2 * 8)                     # ConvFusion: 3×3 C → C/4, 1×1 back
                       + 4 * 4 * 64                                 # q, k, v, out
                       + 2 * 9 * 1 * 8                              # two depthwise 3×3 stride-2 compressors
                       + 1 * 8 * 4 + 4 * 8 * 4 + 4 * 8)             # state kᵀv, q·S, q·z
-    assert bench.model_flops("pixart", config, (2, 2), 3, edit=True) == 2 * (teacher - self_attention + edit_attention)
-    assert bench.model_flops("pixart", config, (2, 2), 3, edit=False, batch=2) == 4 * teacher
+    assert bench.model_flops("pixart_sigma", config, (2, 2), 3, edit=True) == 2 * (teacher - self_attention + edit_attention)
+    assert bench.model_flops("pixart_sigma", config, (2, 2), 3, edit=False, batch=2) == 4 * teacher
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs):
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-@pytest.mark.parametrize("family", ["pixart", "sd35"])
+@pytest.mark.parametrize("family", ["pixart_sigma", "sd35_medium"])
 @pytest.mark.parametrize("edit", [False, True], ids=["sdpa", "edit"])
 def test_model_flops_match_torch_flop_counter_on_an_odd_grid(family, edit):
     config = bench.model_config(family, tiny=True)

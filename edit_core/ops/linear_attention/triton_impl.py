@@ -398,7 +398,8 @@ def linear_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, e
 
 # ----------------------------------------------------------------------------------------------- selection
 
-def _kernels_interpreted() -> bool:
+def kernels_interpreted() -> bool:
+    """True when the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`` before the import)."""
     return type(linear_attention_apply_fwd_kernel).__name__ == "InterpretedFunction"
 
 
@@ -411,7 +412,7 @@ def triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs)
             return (f"the triton backend needs CUDA tensors (got {q.device.type}); use backend='torch' or 'auto' "
                     "on this device (set TRITON_INTERPRET=1 before importing triton to run the kernels in "
                     "Triton's slow CPU interpreter, for tests)")
-        if not _kernels_interpreted():
+        if not kernels_interpreted():
             return ("TRITON_INTERPRET=1 was set after triton was imported; set it before the first import "
                     "to run the kernels on CPU")
     if not (q.dtype == k.dtype == v.dtype):
@@ -432,5 +433,5 @@ def triton_auto_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) 
 
 __all__ = ["linear_attention_triton", "linear_attention_state_triton", "linear_attention_apply_triton",
            "linear_attention_backward_triton", "LinearAttentionTriton", "triton_supports", "triton_auto_ok",
-           "linear_attention_state_fwd_kernel", "linear_attention_apply_fwd_kernel",
+           "kernels_interpreted", "linear_attention_state_fwd_kernel", "linear_attention_apply_fwd_kernel",
            "linear_attention_query_bwd_kernel", "linear_attention_key_bwd_kernel"]
