@@ -25,7 +25,7 @@ ATTN2_MODES = ("adapter", "off", "all")
 
 @dataclass
 class ConversionPlan:
-    adapter: Adapter
+    adapter: Optional[Adapter]  # None for a training-free variant
     spec: TeacherSpec
     family: Family
     variant: AttentionVariant
@@ -92,4 +92,21 @@ def plan_conversion(adapter: Adapter, spec: TeacherSpec, *, start_block: int = 0
     return ConversionPlan(adapter, spec, family, variant, layers, eta, backend)
 
 
-__all__ = ["ConversionPlan", "plan_conversion", "block_range", "ATTN2_MODES"]
+def plan_training_free(spec: TeacherSpec, *, start_block: int = 0, end_block: int = -1, variant: str = "kv_compress",
+                       backend: str = "auto") -> ConversionPlan:
+    """Every attention slot of the model's blocks in range (the joint/self attention, and MMDiT-X's ``attn2``),
+    converted by a training-free variant (no adapter)."""
+    family = get_family(spec.family)
+    chosen = get_variant(variant)
+    if chosen.trainable:
+        raise ValueError(f"variant {variant!r} needs trained weights; the training-free mode takes a variant without "
+                         "weights such as 'kv_compress'")
+    if not chosen.converts(family):
+        raise ValueError(f"variant {variant!r} cannot convert {family.title}")
+    start, end = block_range(spec.num_blocks, start_block, end_block)
+    layers = [(b, "attn") for b in range(start, end + 1)]
+    layers += [(b, "attn2") for b in spec.attn2_blocks if start <= b <= end]
+    return ConversionPlan(None, spec, family, chosen, layers, "approx", backend)
+
+
+__all__ = ["ConversionPlan", "plan_conversion", "plan_training_free", "block_range", "ATTN2_MODES"]

@@ -15,6 +15,7 @@ log = logging.getLogger("ComfyUI-EDiT")
 
 # module → its node classes
 NODE_MODULES = {
+    "nodes_training_free": ("EDiTTrainingFree",),
     "nodes_adapter": ("EDiTAdapterLoader", "EDiTApply"),
     "nodes_checkpoint": ("EDiTCheckpointLoader", "EDiTCheckpointSave"),
     "tiled_diffusion": ("EDiTTiledDiffusion",),

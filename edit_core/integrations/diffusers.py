@@ -29,7 +29,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..adapter import Adapter, AdapterError, layer_prefix
-from ..conversion import plan_conversion
+from ..conversion import plan_conversion, plan_training_free
 from ..families import TeacherSpec, attention_module_path, detect_teacher, family_title, get_family, tensor_place
 from ..modules.functional import Projections
 from ..variants import AttentionVariant
@@ -65,14 +65,25 @@ class TokenGrid:
         raise ValueError(f"EDiT: {num_tokens} image tokens do not fit the latent {h}×{w} with patch size {p}")
 
 
-class EDiTSelfAttentionProcessor:
-    """Processor for a converted image-only self-attention (PixArt ``attn1``, SD3.5 ``attn2``)."""
+class _ConvertedProcessor:
+    """A converted Attention's processor; below ``min_tokens`` image tokens it calls the one it replaced."""
 
-    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, eta: str, name: str):
-        self.variant, self.grid, self.backend, self.name = variant, grid, backend, name
+    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, eta: str, name: str, *,
+                 min_tokens: int = 0, fallback=None):
+        self.variant, self.grid, self.backend, self.eta, self.name = variant, grid, backend, eta, name
+        self.min_tokens, self.fallback = int(min_tokens), fallback
+
+    def _skip(self, hidden_states: torch.Tensor) -> bool:
+        return self.fallback is not None and hidden_states.shape[1] < self.min_tokens
+
+
+class EDiTSelfAttentionProcessor(_ConvertedProcessor):
+    """Processor for a converted image-only self-attention (PixArt ``attn1``, SD3.5 ``attn2``)."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        if self._skip(hidden_states):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         _reject_mask(attention_mask, self.name)
         if encoder_hidden_states is not None:
             raise ValueError(f"EDiT: {self.name} is a converted self-attention but was given encoder_hidden_states")
@@ -83,17 +94,16 @@ class EDiTSelfAttentionProcessor:
         return attn.to_out[1](attn.to_out[0](y))
 
 
-class MMEDiTJointAttentionProcessor:
+class MMEDiTJointAttentionProcessor(_ConvertedProcessor):
     """Processor for a converted SD3 joint attention; returns what ``JointAttnProcessor2_0`` returns:
     ``(image_out, text_out)``. In a ``context_pre_only`` block the text rows are not computed and
     ``text_out`` is None (``JointTransformerBlock`` discards it there). Without encoder_hidden_states it
     is EDiT self-attention and returns ``image_out`` alone."""
 
-    def __init__(self, variant: AttentionVariant, grid: TokenGrid, backend: str, eta: str, name: str):
-        self.variant, self.grid, self.backend, self.eta, self.name = variant, grid, backend, eta, name
-
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, *args, **kwargs):
+        if self._skip(hidden_states):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         _reject_mask(attention_mask, self.name)
         layer = getattr(attn, ADAPTER_MODULE)
         grid = self.grid(hidden_states.shape[1])
@@ -144,7 +154,7 @@ class _PatchedLayer:
 
 @dataclass
 class _EDiTState:
-    adapter: Adapter
+    adapter: Optional[Adapter]  # None in the training-free mode
     spec: TeacherSpec
     grid: TokenGrid
     hook: torch.utils.hooks.RemovableHandle
@@ -243,6 +253,28 @@ def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto
     spec = _teacher_spec(transformer)
     plan = plan_conversion(adapter, spec, start_block=start_block, end_block=end_block, attn2=attn2, eta=eta,
                            backend=backend)
+    return _convert(transformer, spec, plan, adapter.source,
+                    lambda block, slot, weight: adapter.build_layer(block, slot, dtype=weight.dtype,
+                                                                    device=weight.device))
+
+
+def apply_training_free(transformer: nn.Module, ratio: int = 2, min_tokens: int = 0,
+                        blocks: Optional[tuple[int, int]] = None, temperature: str = "teacher") -> nn.Module:
+    """Training-free fast attention, in place: softmax over r×r-pooled image keys/values (``kv_compress``) in
+    every attention slot of ``blocks`` (inclusive (start, end); None: all), for calls whose image has at least
+    ``min_tokens`` tokens (smaller ones run the original processors, bit-identically). Undo with ``remove_edit``."""
+    from ..modules.kv_compression import KVCompression
+
+    spec = _teacher_spec(transformer)
+    start, end = (0, -1) if blocks is None else blocks
+    plan = plan_training_free(spec, start_block=start, end_block=end)
+    KVCompression(ratio=ratio, temperature=temperature)  # checks the settings before anything changes
+    return _convert(transformer, spec, plan, "training-free",
+                    lambda block, slot, weight: KVCompression(ratio=ratio, temperature=temperature),
+                    min_tokens=min_tokens)
+
+
+def _convert(transformer: nn.Module, spec: TeacherSpec, plan, source: str, make_layer, *, min_tokens: int = 0):
     processors = PROCESSORS[spec.family]
     grid = TokenGrid(transformer.config.patch_size)
 
@@ -263,17 +295,16 @@ def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto
         if layer_problems:
             problems += layer_problems
             continue
-        finetuned = _plan_finetuned(adapter, spec, attention, block, slot, name, problems)
-        processor = processor_class(plan.variant, grid, plan.backend, plan.eta, name)
-        weight = attention.to_q.weight
-        module = adapter.build_layer(block, slot, dtype=weight.dtype, device=weight.device)
-        planned.append((block, slot, name, attention, processor, module, finetuned))
+        finetuned = {} if plan.adapter is None else _plan_finetuned(plan.adapter, spec, attention, block, slot, name,
+                                                                    problems)
+        module = make_layer(block, slot, attention.to_q.weight)
+        planned.append((block, slot, name, attention, processor_class, module, finetuned))
     if problems:
-        raise AdapterError(adapter.source, problems)
+        raise AdapterError(source, problems)
 
     remove_edit(transformer)
     patched = []
-    for block, slot, name, attention, processor, module, finetuned in planned:
+    for block, slot, name, attention, processor_class, module, finetuned in planned:
         layer = _PatchedLayer(block, slot, name, attention, attention.processor)
         with torch.no_grad():
             for path, tensor in finetuned.items():
@@ -281,10 +312,11 @@ def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto
                 layer.backups[path] = param.detach().to("cpu", copy=True)
                 param.copy_(tensor.to(dtype=param.dtype, device=param.device))
         attention.add_module(ADAPTER_MODULE, module)
-        attention.set_processor(processor)
+        attention.set_processor(processor_class(plan.variant, grid, plan.backend, plan.eta, name,
+                                                min_tokens=min_tokens, fallback=layer.processor))
         patched.append(layer)
     hook = transformer.register_forward_pre_hook(grid.record, with_kwargs=True)
-    transformer.__dict__[_STATE_ATTR] = _EDiTState(adapter, spec, grid, hook, patched)
+    transformer.__dict__[_STATE_ATTR] = _EDiTState(plan.adapter, spec, grid, hook, patched)
     return transformer
 
 
@@ -352,6 +384,6 @@ def edit_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
             for key, value in getattr(layer.attention, ADAPTER_MODULE).state_dict().items()}
 
 
-__all__ = ["apply_edit", "remove_edit", "is_edit_applied", "edit_parameters", "edit_state_dict",
+__all__ = ["apply_edit", "apply_training_free", "remove_edit", "is_edit_applied", "edit_parameters", "edit_state_dict",
            "EDiTSelfAttentionProcessor", "MMEDiTJointAttentionProcessor", "TokenGrid", "ADAPTER_MODULE", "PROCESSORS",
            "register_processors", "projection_module_path", "transformer_classes", "forward_kwargs"]

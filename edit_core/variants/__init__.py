@@ -7,8 +7,9 @@ families, how a converted joint attention computes (``joint_attention``). Adapte
 trainer only ever talk to this interface, so a new variant (SANA-style ReLU linear attention,
 LinFusion, PixArt-Σ KV compression, fully linear MM-DiT, …) is one module plus ``register_variant``.
 
-Registered now: ``edit`` (EDiT linear compressed attention, PixArt families) and ``mm_edit`` (MM-EDiT
-hybrid joint attention with EDiT on the image-only ``attn2`` layers, MMDiT families). Which families a
+Registered now: ``edit`` (EDiT linear compressed attention, PixArt families), ``mm_edit`` (MM-EDiT
+hybrid joint attention with EDiT on the image-only ``attn2`` layers, MMDiT families) and ``kv_compress``
+(PixArt-Σ's KV compression: softmax over pooled image keys/values; no weights, training-free, all families). Which families a
 variant converts follows from whether it has a joint attention; each family names its default variant.
 """
 
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from ..modules.functional import edit_self_attention, mm_edit_joint_attention
+from ..modules.kv_compression import KVCompression, kv_compressed_joint, kv_compressed_self_attention
 from ..modules.layer_adapter import EDiTLayerAdapter
 
 
@@ -27,6 +29,7 @@ from ..modules.layer_adapter import EDiTLayerAdapter
 class AttentionVariant:
     name: str
     title: str
+    joint: Optional[bool]  # True: converts MMDiT joint attention; False: plain self-attention; None: both
     build_layer: Callable[..., nn.Module]
     """(channels, *, reduction, dtype, device, operations) → the per-layer trainable module."""
     self_attention: Callable
@@ -34,10 +37,13 @@ class AttentionVariant:
     joint_attention: Optional[Callable] = None
     """(layer, image, text, grid, image_proj, text_proj, heads, *, eta, image_rows_only, eps, backend)."""
 
+    trainable: bool = True  # False: a training-free variant (no weights to distil or save)
+
     def converts(self, family) -> bool:
-        """Whether this variant can convert a model of ``family`` (a ``Family`` record): a family with MMDiT
-        joint attention needs a variant with ``joint_attention``; a self-attention family one without."""
-        return (self.joint_attention is not None) == bool(family.joint)
+        """Whether this variant can convert a model of ``family`` (a ``Family`` record)."""
+        if family.joint and self.joint_attention is None:
+            return False
+        return self.joint is None or self.joint == bool(family.joint)
 
 
 _VARIANTS: dict[str, AttentionVariant] = {}
@@ -62,11 +68,16 @@ def _build_edit_layer(channels: int, *, reduction: int = 4, dtype=None, device=N
 
 
 register_variant(AttentionVariant(
-    name="edit", title="EDiT linear compressed attention", build_layer=_build_edit_layer,
+    name="edit", title="EDiT linear compressed attention", joint=False, build_layer=_build_edit_layer,
     self_attention=edit_self_attention))
 
 register_variant(AttentionVariant(
-    name="mm_edit", title="MM-EDiT hybrid attention", build_layer=_build_edit_layer,
+    name="mm_edit", title="MM-EDiT hybrid attention", joint=True, build_layer=_build_edit_layer,
     self_attention=edit_self_attention, joint_attention=mm_edit_joint_attention))
+
+register_variant(AttentionVariant(
+    name="kv_compress", title="KV compression (softmax over pooled keys/values, training-free)", joint=None,
+    build_layer=KVCompression, self_attention=kv_compressed_self_attention, joint_attention=kv_compressed_joint,
+    trainable=False))
 
 __all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants"]

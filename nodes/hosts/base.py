@@ -3,7 +3,10 @@
 A ``ComfyHost`` knows one diffusion-model class of ComfyUI: whether a MODEL is one of its kind, what the
 weights cannot say (PixArt's head count), the patch size, and how to object-patch a clone so that the
 planned (block, slot) layers run the variant's attention. It returns ``{(block, slot): module}`` — the
-attention module now running in each converted slot — and knows nothing of training.
+attention module now running in each converted slot — and knows nothing of training. A ``gate``
+(``gate(num_image_tokens) -> bool``) lets a converted slot fall back to the model's own softmax for a call
+(the training-free mode's ``min_tokens`` and sampling range); ``fill_only`` converts only slots that still
+run softmax, so conversions stack: a clone patched twice keeps the first patch's converted slots.
 
 Every patched unit is an ``AttentionSlots`` module: ``slots[slot]`` is what runs in a slot,
 ``softmax_slots[slot]`` is the model's own softmax attention for it (used for slots that are not
@@ -36,4 +39,19 @@ class ComfyHost:
     accepts: Callable[[torch.nn.Module], bool]  # diffusion_model → is it this host's class?
     num_heads: Callable[[torch.nn.Module], Optional[int]]  # what the weights cannot tell (None: they can)
     patch_size: Callable[[torch.nn.Module], int]
-    patch: Callable[..., dict]  # (clone, plan, layers) → {(block, slot): module}
+    patch: Callable[..., dict]  # (clone, plan, layers, *, gate, fill_only) → {(block, slot): module}
+
+
+def slot_is_free(unit, slot: str) -> bool:
+    """Whether ``unit`` (whatever is at a patch point now) runs the model's own softmax in ``slot``."""
+    if not isinstance(unit, AttentionSlots):
+        return True
+    return slot in unit.slots and is_softmax(unit.slots[slot], unit.softmax_slots.get(slot))
+
+
+def is_softmax(module, softmax) -> bool:
+    return module is softmax or isinstance(module, SoftmaxAttention)
+
+
+class SoftmaxAttention(torch.nn.Module):
+    """Marks a host's own softmax slot attention (what a slot runs when nothing converts it)."""

@@ -24,7 +24,7 @@ import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 import comfy.patcher_extension
 
 from ..projections import fused_qkv_projections
-from .base import AttentionSlots, ComfyHost
+from .base import AttentionSlots, ComfyHost, SoftmaxAttention, is_softmax, slot_is_free
 
 GRID_KEY = "edit_token_grid"
 WRAPPER_KEY = "edit_token_grid"
@@ -86,41 +86,50 @@ def _projections(attn, like: torch.Tensor):
     return fused_qkv_projections(attn.qkv, like, head_norm_query=attn.ln_q, head_norm_key=attn.ln_k)
 
 
-class SoftmaxJointAttention(torch.nn.Module):
+def softmax_joint_attention(x_in, context_in, *, grid, x_attn, context_attn, image_rows_only, transformer_options):
     """ComfyUI's joint attention: (image rows, text rows) before the output projections."""
-
-    def forward(self, x_in, context_in, *, grid, x_attn, context_attn, image_rows_only, transformer_options):
-        context_qkv = context_attn.pre_attention(context_in)
-        x_qkv = x_attn.pre_attention(x_in)
-        qkv = [torch.cat((context_qkv[t], x_qkv[t]), dim=1) for t in range(3)]
-        attn = mmdit.optimized_attention(qkv[0], qkv[1], qkv[2], heads=x_attn.num_heads,
-                                         transformer_options=transformer_options)
-        num_text = context_qkv[0].shape[1]
-        return attn[:, num_text:], attn[:, :num_text]
+    context_qkv = context_attn.pre_attention(context_in)
+    x_qkv = x_attn.pre_attention(x_in)
+    qkv = [torch.cat((context_qkv[t], x_qkv[t]), dim=1) for t in range(3)]
+    attn = mmdit.optimized_attention(qkv[0], qkv[1], qkv[2], heads=x_attn.num_heads,
+                                     transformer_options=transformer_options)
+    num_text = context_qkv[0].shape[1]
+    return attn[:, num_text:], attn[:, :num_text]
 
 
-class SoftmaxSelfAttention(torch.nn.Module):
+def softmax_self_attention(x_in, *, grid, attn, transformer_options):
     """ComfyUI's image-only ``attn2`` attention, before the output projection."""
+    q, k, v = attn.pre_attention(x_in)
+    return mmdit.optimized_attention(q, k, v, heads=attn.num_heads, transformer_options=transformer_options)
 
-    def forward(self, x_in, *, grid, attn, transformer_options):
-        q, k, v = attn.pre_attention(x_in)
-        return mmdit.optimized_attention(q, k, v, heads=attn.num_heads, transformer_options=transformer_options)
+
+class SoftmaxJointAttention(SoftmaxAttention):
+    def forward(self, *args, **kwargs):
+        return softmax_joint_attention(*args, **kwargs)
+
+
+class SoftmaxSelfAttention(SoftmaxAttention):
+    def forward(self, *args, **kwargs):
+        return softmax_self_attention(*args, **kwargs)
 
 
 class EDiTJointAttention(torch.nn.Module):
     """The variant's joint attention (MM-EDiT) on the blocks' own projections."""
 
-    def __init__(self, layer, variant, *, eta: str, backend: str):
+    def __init__(self, layer, variant, *, eta: str, backend: str, gate=None):
         super().__init__()
         if variant.joint_attention is None:
             raise ValueError(f"attention variant {variant.name!r} has no joint attention")
-        self.eta, self.backend = eta, backend
+        self.eta, self.backend, self.gate = eta, backend, gate
         self._parts = (layer, variant)  # not registered: the adapter has its own ModelPatcher
 
     def extra_repr(self) -> str:
         return f"{self._parts[1].name}, eta={self.eta}, backend={self.backend}"
 
     def forward(self, x_in, context_in, *, grid, x_attn, context_attn, image_rows_only, transformer_options):
+        if self.gate is not None and not self.gate(x_in.shape[1]):
+            return softmax_joint_attention(x_in, context_in, grid=grid, x_attn=x_attn, context_attn=context_attn,
+                                           image_rows_only=image_rows_only, transformer_options=transformer_options)
         layer, variant = self._parts
         return variant.joint_attention(layer, x_in, context_in, grid, _projections(x_attn, x_in),
                                        _projections(context_attn, context_in), x_attn.num_heads, eta=self.eta,
@@ -130,15 +139,17 @@ class EDiTJointAttention(torch.nn.Module):
 class EDiTSelfAttention(torch.nn.Module):
     """The variant's self-attention on an ``attn2`` layer's own projections."""
 
-    def __init__(self, layer, variant, *, backend: str):
+    def __init__(self, layer, variant, *, backend: str, gate=None):
         super().__init__()
-        self.backend = backend
+        self.backend, self.gate = backend, gate
         self._parts = (layer, variant)
 
     def extra_repr(self) -> str:
         return f"{self._parts[1].name}, backend={self.backend}"
 
     def forward(self, x_in, *, grid, attn, transformer_options):
+        if self.gate is not None and not self.gate(x_in.shape[1]):
+            return softmax_self_attention(x_in, grid=grid, attn=attn, transformer_options=transformer_options)
         layer, variant = self._parts
         return variant.self_attention(layer, x_in, grid, _projections(attn, x_in), attn.num_heads,
                                       backend=self.backend)
@@ -200,22 +211,31 @@ def _accepts(diffusion_model) -> bool:
     return isinstance(diffusion_model, mmdit.MMDiT)
 
 
-def patch_mmdit(clone, plan, layers: dict) -> dict:
-    """Object-patch every joint block with a converted (i, "attn") or (i, "attn2") layer; add the grid wrapper."""
+def patch_mmdit(clone, plan, layers: dict, *, gate=None, fill_only: bool = False) -> dict:
+    """Object-patch every joint block with a converted (i, "attn") or (i, "attn2") layer; add the grid wrapper.
+    A block that is already patched keeps its converted slots (all of them with ``fill_only``)."""
     converted = {}
     for block in sorted({block for block, _ in layers}):
-        attentions = {}
-        if (block, "attn") in layers:
-            attentions["attn"] = EDiTJointAttention(layers[(block, "attn")], plan.variant, eta=plan.eta,
-                                                    backend=plan.backend)
-        if (block, "attn2") in layers:
-            attentions["attn2"] = EDiTSelfAttention(layers[(block, "attn2")], plan.variant, backend=plan.backend)
         name = f"diffusion_model.joint_blocks.{block}"
-        clone.add_object_patch(name, EDiTJointBlock(clone.get_model_object(name), block, attentions))
-        converted.update({(block, slot): module for slot, module in attentions.items()})
-    patch_size = int(clone.get_model_object("diffusion_model").x_embedder.patch_size[0])
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                               make_grid_wrapper(patch_size))
+        current = clone.get_model_object(name)
+        attentions = {}
+        if isinstance(current, AttentionSlots):  # stack on an earlier patch: keep what it converted
+            attentions = {slot: module for slot, module in current.slots.items()
+                          if not is_softmax(module, current.softmax_slots.get(slot))}
+        new = {}
+        if (block, "attn") in layers and not (fill_only and not slot_is_free(current, "attn")):
+            new["attn"] = EDiTJointAttention(layers[(block, "attn")], plan.variant, eta=plan.eta,
+                                             backend=plan.backend, gate=gate)
+        if (block, "attn2") in layers and not (fill_only and not slot_is_free(current, "attn2")):
+            new["attn2"] = EDiTSelfAttention(layers[(block, "attn2")], plan.variant, backend=plan.backend, gate=gate)
+        if not new:
+            continue
+        clone.add_object_patch(name, EDiTJointBlock(current, block, {**attentions, **new}))
+        converted.update({(block, slot): module for slot, module in new.items()})
+    if converted and not clone.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
+        patch_size = int(clone.get_model_object("diffusion_model").x_embedder.patch_size[0])
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                   make_grid_wrapper(patch_size))
     return converted
 
 

@@ -12,12 +12,12 @@ PatchEmbed pads.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from ..projections import fused_qkv_projections
-from .base import AttentionSlots, ComfyHost
+from .base import AttentionSlots, ComfyHost, slot_is_free
 
 
 def pixart_token_grid(num_tokens: int, latent_hw, patch_size: int) -> tuple[int, int]:
@@ -36,7 +36,7 @@ class EDiTPixArtSelfAttention(torch.nn.Module):
     """The variant's self-attention with ``AttentionKVCompress``'s call signature, on the original's weights."""
 
     def __init__(self, original: torch.nn.Module, layer: torch.nn.Module, *, attention: Callable, patch_size: int,
-                 backend: str = "auto"):
+                 backend: str = "auto", gate: Optional[Callable[[int], bool]] = None):
         super().__init__()
         if getattr(original, "sr_ratio", 1) > 1:
             raise ValueError("EDiT cannot convert a PixArt self-attention that already uses KV compression "
@@ -45,6 +45,7 @@ class EDiTPixArtSelfAttention(torch.nn.Module):
         self.patch_size = int(patch_size)
         self.backend = backend
         self._parts = (original, layer, attention)  # not registered: the weights belong to others
+        self.gate = gate
 
     def extra_repr(self) -> str:
         return f"EDiT, heads={self.num_heads}, patch={self.patch_size}, backend={self.backend}"
@@ -53,6 +54,8 @@ class EDiTPixArtSelfAttention(torch.nn.Module):
         if mask is not None:
             raise NotImplementedError("Attn mask logic not added for self attention")  # as ComfyUI's module
         original, layer, attention = self._parts
+        if self.gate is not None and not self.gate(x.shape[1]):
+            return original(x, mask=mask, HW=HW, block_id=block_id)
         grid = pixart_token_grid(x.shape[1], HW, self.patch_size)
         projections = fused_qkv_projections(original.qkv, x, width_norm_query=getattr(original, "q_norm", None),
                                             width_norm_key=getattr(original, "k_norm", None))
@@ -90,7 +93,7 @@ def _accepts(diffusion_model) -> bool:
     return isinstance(diffusion_model, pixartms.PixArtMS)
 
 
-def patch_pixart(clone, plan, layers: dict) -> dict:
+def patch_pixart(clone, plan, layers: dict, *, gate=None, fill_only: bool = False) -> dict:
     """Object-patch ``diffusion_model.blocks.{i}.attn`` on ``clone`` for every (i, "attn") in ``layers``."""
     patch_size = int(clone.get_model_object("diffusion_model").patch_size)
     converted = {}
@@ -98,9 +101,12 @@ def patch_pixart(clone, plan, layers: dict) -> dict:
         if slot != "attn":
             raise ValueError(f"PixArt has no {slot!r} attention (block {block})")
         name = f"diffusion_model.blocks.{block}.attn"
-        original = clone.get_model_object(name)
+        current = clone.get_model_object(name)
+        if fill_only and not slot_is_free(current, slot):
+            continue
+        original = current.softmax_slots["attn"] if isinstance(current, AttentionSlots) else current
         attention = EDiTPixArtSelfAttention(original, layer, attention=plan.variant.self_attention,
-                                            patch_size=patch_size, backend=plan.backend)
+                                            patch_size=patch_size, backend=plan.backend, gate=gate)
         clone.add_object_patch(name, EDiTPixArtAttention(original, block, attention))
         converted[(block, slot)] = attention
     return converted
