@@ -19,8 +19,12 @@ BANDWIDTH_TOKENS = (4096, 16384, 65536, 262144)
 MODEL_RESOLUTIONS = (1024, 2048, 4096, 8192)
 TINY_BANDWIDTH_TOKENS = (64, 256)
 TINY_RESOLUTIONS = (128, 256, 512)
-SECTION_ORDER = ("op", "layer", "joint", "block", "op-bw", "model")
-DEFAULT_SECTIONS = ("op", "layer", "joint", "block")
+SECTION_ORDER = ("op", "layer", "joint", "block", "tf-layer", "tf-joint", "tf-block", "op-bw", "model")
+TRAINING_FREE_SECTIONS = ("tf-layer", "tf-joint", "tf-block")
+"""The training-free mode (KV compression, ratio ``Shapes.kv_ratio``) against the same softmax teacher."""
+LAYER_SECTIONS = ("op", "layer", "joint", "block") + TRAINING_FREE_SECTIONS
+"""Sections timed per token count against a softmax teacher (the others per model size or bandwidth)."""
+DEFAULT_SECTIONS = LAYER_SECTIONS
 """What runs without ``--sections``; ``op-bw`` and ``model`` run only when asked."""
 FAMILIES = ("pixart_sigma", "sd35_medium")
 """The benchmarked families (and the default): ``Shapes`` holds one self-attention and one joint-attention
@@ -46,7 +50,7 @@ def layer_family(joint: bool) -> Family:
 
 def family_sections(family: str) -> tuple[str, ...]:
     """The sections that time ``family``: its attention layer (joint, or op, layer and block), op-bw, model."""
-    layers = ("joint",) if get_family(family).joint else ("op", "layer", "block")
+    layers = ("joint", "tf-joint") if get_family(family).joint else ("op", "layer", "block", "tf-layer", "tf-block")
     return layers + ("op-bw", "model")
 
 
@@ -62,6 +66,7 @@ class Shapes:
     caption_tokens: int = 120  # PixArt-Σ cross-attention context
     mlp_ratio: int = 4
     reduction: int = 4
+    kv_ratio: int = 2  # the training-free sections' pooling window
 
     def attention(self, family: str) -> tuple[int, int]:
         """(width, heads) of ``family``'s attention: the joint geometry for a joint family, else the
@@ -201,7 +206,7 @@ def validate(config: BenchConfig) -> None:
 
 
 __all__ = ["BenchConfig", "BenchError", "Shapes", "FULL_SHAPES", "TINY_SHAPES", "FAMILIES", "SECTION_ORDER",
-           "DEFAULT_SECTIONS", "DTYPES", "DEFAULT_TOKENS", "BANDWIDTH_TOKENS", "MODEL_RESOLUTIONS",
+           "DEFAULT_SECTIONS", "LAYER_SECTIONS", "TRAINING_FREE_SECTIONS", "DTYPES", "DEFAULT_TOKENS", "BANDWIDTH_TOKENS", "MODEL_RESOLUTIONS",
            "TINY_BANDWIDTH_TOKENS", "TINY_RESOLUTIONS", "LONG_CALL_SECONDS", "MIN_TIMED_CALLS", "VAE_FACTOR",
            "layer_family", "family_sections", "default_repeats", "parse_tokens", "parse_resolutions",
            "parse_families", "validate"]

@@ -141,9 +141,13 @@ def record_times(history: dict, plans: list[Plan], size, timings: list[Timing]) 
             history.setdefault(plan.key, []).append((size, timing.median_s))
 
 
-def contenders(config: BenchConfig) -> list[tuple[str, int, Optional[str]]]:
-    """Teacher (cost ∝ N²) and one EDiT contender per backend (∝ N), with the reason a backend cannot be timed."""
-    return [("teacher", 2, None)] + [(f"edit[{b}]", 1, timing_problem(b, config.device)) for b in config.backends]
+def contenders(config: BenchConfig, backends: Optional[tuple[str, ...]] = None,
+               power: int = 1) -> list[tuple[str, int, Optional[str]]]:
+    """Teacher (cost ∝ N²) and one converted contender per backend (∝ N^power: 1 for EDiT, 2 for KV compression),
+    with the reason a backend cannot be timed."""
+    backends = config.backends if backends is None else backends
+    return [("teacher", 2, None)] + [(f"edit[{b}]", power, None if b == "sdpa" else timing_problem(b, config.device))
+                                     for b in backends]
 
 
 __all__ = ["Plan", "Estimator", "extrapolate", "call_counts", "plan_case", "measure_planned", "record_times",

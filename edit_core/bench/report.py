@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..families import get_family
-from .config import (DEFAULT_SECTIONS, FULL_SHAPES, LONG_CALL_SECONDS, MIN_TIMED_CALLS, SECTION_ORDER, BenchConfig,
+from .config import (DEFAULT_SECTIONS, LAYER_SECTIONS, TRAINING_FREE_SECTIONS, FULL_SHAPES, LONG_CALL_SECONDS, MIN_TIMED_CALLS, SECTION_ORDER, BenchConfig,
                      BenchError)
 from .environment import describe_device
 from .results import BenchResults, Row, percent
@@ -70,10 +70,14 @@ _MODEL_COLUMNS = (("model", 8), ("image", 11), ("tokens", 7), ("backend", 8), ("
                   ("EDiT mem", 10))
 
 
+_TRAINING_FREE_COLUMNS = tuple((name.replace("EDiT", "KV-comp"), width + (3 if "EDiT" in name else 0))
+                               for name, width in _COLUMNS)
 _TEXT_COLUMNS = ("model", "backend", "notes")
 
 
 def _columns(section: str) -> tuple[tuple[str, int], ...]:
+    if section in TRAINING_FREE_SECTIONS:
+        return _TRAINING_FREE_COLUMNS
     return {"op-bw": _BANDWIDTH_COLUMNS, "model": _MODEL_COLUMNS}.get(section, _COLUMNS)
 
 
@@ -103,7 +107,7 @@ def _cells(row: Row, references: dict) -> list[str]:
 
 
 def _notes(row: Row) -> str:
-    teacher = "teacher" if row.section in DEFAULT_SECTIONS else "SDPA"
+    teacher = "teacher" if row.section in LAYER_SECTIONS else "SDPA"
     if row.teacher.skipped and row.teacher.skipped == row.edit.skipped:
         return f"skipped: {row.teacher.skipped}"
     return "; ".join(f"{who} skipped: {t.skipped}" for who, t in ((teacher, row.teacher), ("EDiT", row.edit))
@@ -254,7 +258,7 @@ def require_matplotlib():
 def _plot_panels(results: BenchResults) -> list[tuple[str, Optional[str]]]:
     panels = []
     for section in [s for s in SECTION_ORDER if s in results.config.sections]:
-        if section in DEFAULT_SECTIONS:
+        if section in LAYER_SECTIONS:
             panels.append((section, None))
         else:
             panels += [(section, f) for f in results.config.families

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ..families import get_family
-from .config import (BANDWIDTH_TOKENS, DEFAULT_SECTIONS, DEFAULT_TOKENS, FAMILIES, FULL_SHAPES, MODEL_RESOLUTIONS,
+from .config import (BANDWIDTH_TOKENS, DEFAULT_SECTIONS, LAYER_SECTIONS, DEFAULT_TOKENS, FAMILIES, FULL_SHAPES, MODEL_RESOLUTIONS,
                      SECTION_ORDER, BenchConfig, BenchError, Shapes)
 from .measure import Timing
 from .models import model_config
@@ -84,7 +84,7 @@ class BenchResults:
     def from_json(cls, data: dict) -> "BenchResults":
         """Results written by ``write_json`` (to print, plot or write markdown again without re-running)."""
         try:
-            standard = sorted({r["tokens"] for r in data["rows"] if r["section"] in DEFAULT_SECTIONS})
+            standard = sorted({r["tokens"] for r in data["rows"] if r["section"] in LAYER_SECTIONS})
             shapes = Shapes(**data["shapes"])
             config = BenchConfig(
                 device=data["device"]["type"], dtype=data["dtype"],

@@ -42,7 +42,7 @@ from torch import nn
 from ..families import get_family
 from ..modules import EDiTSelfAttention, MMEDiTJointAttention, compressed_grid
 from ..ops import linear_attention
-from .config import DTYPES, SECTION_ORDER, VAE_FACTOR, BenchConfig, validate
+from .config import DTYPES, SECTION_ORDER, TRAINING_FREE_SECTIONS, VAE_FACTOR, BenchConfig, validate
 from .environment import environment
 from .measure import Timing, free_memory_bytes
 from .models import (ProcessorSwitch, build_random_model, max_resolution, model_config, model_flops, model_inputs,
@@ -51,7 +51,8 @@ from .planning import Plan, contenders, measure_planned, plan_case, record_times
 from .references import bandwidth_timer, measure_copy_bandwidth, measure_matmul_peak
 from .report import footer_lines, format_row, header_lines, section_lines
 from .results import BenchResults, Row
-from .teachers import (PixArtShapedBlock, SoftmaxJointAttention, SoftmaxSelfAttention, edit_from_softmax,
+from .teachers import (KVCompressedJointAttention, KVCompressedSelfAttention, PixArtShapedBlock,
+                       SoftmaxJointAttention, SoftmaxSelfAttention, edit_from_softmax,
                        mm_edit_from_softmax)
 
 
@@ -91,6 +92,17 @@ class Suite:
                 teacher = PixArtShapedBlock(s.pixart_width, s.pixart_heads, attn, s.mlp_ratio, **f).eval()
                 edit = teacher.with_self_attention(edit_from_softmax(attn, s.pixart_heads, s.reduction, g)).eval()
                 self._modules[section] = (teacher, edit)
+            elif section == "tf-layer":
+                teacher = self.modules("layer")[0]
+                self._modules[section] = (teacher, KVCompressedSelfAttention(teacher, s.kv_ratio).eval())
+            elif section == "tf-joint":
+                teacher = self.modules("joint")[0]
+                self._modules[section] = (teacher, KVCompressedJointAttention(teacher, s.kv_ratio).eval())
+            elif section == "tf-block":
+                teacher = self.modules("block")[0]
+                self._modules[section] = (teacher,
+                                          teacher.with_self_attention(KVCompressedSelfAttention(teacher.attn,
+                                                                                                s.kv_ratio)).eval())
             else:
                 self._modules[section] = ()
         return self._modules[section]
@@ -101,7 +113,7 @@ class Suite:
         grid = (side, side)
         mh, mw = compressed_grid(grid)
         m = mh * mw
-        if section in ("op", "layer", "block"):
+        if section in ("op", "layer", "block", "tf-layer", "tf-block"):
             width, heads = s.pixart_width, s.pixart_heads
         else:
             width, heads = s.sd35_width, s.sd35_heads
@@ -116,10 +128,11 @@ class Suite:
                 return lambda: linear_attention(lq, lk, lv, backend=backend)
             return Case(lambda: F.scaled_dot_product_attention(q, k, v), edit_op,
                         b * heads * tokens * tokens * self.elem, state_bytes)
-        teacher, edit = self.modules(section)
+        teacher, converted = self.modules(section)
+        kind = section.removeprefix("tf-")
 
-        def with_backend(module, call):
-            attentions = [m for m in module.modules() if isinstance(m, (EDiTSelfAttention, MMEDiTJointAttention))]
+        def with_backend(call):
+            attentions = [m for m in converted.modules() if isinstance(m, (EDiTSelfAttention, MMEDiTJointAttention))]
 
             def factory(backend):
                 def call_with_backend():  # set on every call: backends are measured interleaved
@@ -129,20 +142,26 @@ class Suite:
                 return call_with_backend
             return factory
 
-        if section == "layer":
+        if section in TRAINING_FREE_SECTIONS:  # softmax over pooled K/V: one SDPA call whatever the backend
+            def with_backend(call):  # noqa: F811
+                return lambda backend: call
+            text = s.text_tokens if kind == "joint" else 0
+            keys = -(-grid[0] // s.kv_ratio) * -(-grid[1] // s.kv_ratio)
+            state_bytes = b * heads * (tokens + text) * (keys + text) * self.elem
+        if kind == "layer":
             x = self._randn(b, tokens, width)
-            return Case(lambda: teacher(x, grid), with_backend(edit, lambda: edit(x, grid)),
+            return Case(lambda: teacher(x, grid), with_backend(lambda: converted(x, grid)),
                         b * heads * tokens * tokens * self.elem, state_bytes)
-        if section == "joint":
+        if kind == "joint":
             image, text = self._randn(b, tokens, width), self._randn(b, s.text_tokens, width)
             joint = tokens + s.text_tokens
-            return Case(lambda: teacher(image, text, grid), with_backend(edit, lambda: edit(image, text, grid)),
+            return Case(lambda: teacher(image, text, grid), with_backend(lambda: converted(image, text, grid)),
                         b * heads * joint * joint * self.elem, state_bytes)
         x = self._randn(b, tokens, width)
         context = self._randn(b, s.caption_tokens, width)
         modulation = self._randn(b, 6, width)
         return Case(lambda: teacher(x, context, modulation, grid),
-                    with_backend(edit, lambda: edit(x, context, modulation, grid)),
+                    with_backend(lambda: converted(x, context, modulation, grid)),
                     b * heads * tokens * tokens * self.elem, state_bytes)
 
 
@@ -153,17 +172,20 @@ def _release(device: str) -> None:
 
 
 def _run_layer_section(section: str, config: BenchConfig, suite: "Suite", results: BenchResults):
-    """``op``, ``layer``, ``joint``, ``block``: rows as each token count finishes."""
+    """``op``, ``layer``, ``joint``, ``block`` and the training-free ``tf-*``: rows as each token count finishes
+    (a ``tf-*`` row's backend is "sdpa": KV compression stays softmax, so linear-attention backends do not apply)."""
     history: dict[str, list[tuple[int, float]]] = {}
+    training_free = section in TRAINING_FREE_SECTIONS
+    backends = ("sdpa",) if training_free else config.backends
     for tokens in config.tokens:
         side = math.isqrt(tokens)
         case = suite.case(section, tokens)
-        plans = plan_case(contenders(config), history, tokens, config)
-        calls = [case.teacher] + [case.edit(b) for b in config.backends]
+        plans = plan_case(contenders(config, backends, power=2 if training_free else 1), history, tokens, config)
+        calls = [case.teacher] + [case.edit(b) for b in backends]
         timings = measure_planned(calls, plans, config)
         record_times(history, plans, tokens, timings)
         timings[0].theoretical_bytes = case.teacher_bytes
-        for backend, edit in zip(config.backends, timings[1:]):
+        for backend, edit in zip(backends, timings[1:]):
             edit.theoretical_bytes = case.edit_bytes
             yield Row(section, tokens, f"{side}x{side}", backend, timings[0], edit)
         del case

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import EDiTSelfAttention, MMEDiTJointAttention, merge_heads
+from ..ops.kv_compression import kv_compressed_attention, kv_compressed_joint_attention
 
 
 def _rms(dim: int, factory) -> nn.RMSNorm:
@@ -109,6 +110,34 @@ class PixArtShapedBlock(nn.Module):
         return x + gate_mlp * self.mlp(self.norm2(x) * (1 + scale_mlp) + shift_mlp)
 
 
+class KVCompressedSelfAttention(nn.Module):
+    """The training-free mode on a teacher self-attention's own weights: softmax over r×r-pooled keys/values."""
+
+    def __init__(self, teacher: SoftmaxSelfAttention, ratio: int = 2):
+        super().__init__()
+        self.teacher, self.ratio = teacher, ratio
+
+    def forward(self, x: torch.Tensor, grid) -> torch.Tensor:
+        return self.teacher.proj(merge_heads(kv_compressed_attention(*self.teacher.project(x), grid, self.ratio)))
+
+
+class KVCompressedJointAttention(nn.Module):
+    """The training-free mode on a teacher joint attention: text keys exact, image keys/values pooled."""
+
+    def __init__(self, teacher: SoftmaxJointAttention, ratio: int = 2):
+        super().__init__()
+        self.teacher, self.ratio = teacher, ratio
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+        qi, ki, vi = self.teacher.image.project(image)
+        qt, kt, vt = self.teacher.text.project(text)
+        n_text = text.shape[1]
+        joint = kv_compressed_joint_attention(torch.cat([qt, qi], 2), torch.cat([kt, ki], 2), torch.cat([vt, vi], 2),
+                                              grid, self.ratio, num_text=n_text, text_first=True)
+        return (self.teacher.image.proj(merge_heads(joint[:, :, n_text:])),
+                self.teacher.text.proj(merge_heads(joint[:, :, :n_text])))
+
+
 @torch.no_grad()
 def edit_from_softmax(teacher: SoftmaxSelfAttention, heads: int, reduction: int, generator) -> EDiTSelfAttention:
     """``EDiTSelfAttention`` on the teacher's own projections, adapter at its documented init."""
@@ -146,4 +175,5 @@ def mm_edit_from_softmax(teacher: SoftmaxJointAttention, heads: int, reduction: 
 
 
 __all__ = ["SoftmaxSelfAttention", "SoftmaxJointAttention", "CrossAttention", "PixArtShapedBlock", "edit_from_softmax",
+           "KVCompressedSelfAttention", "KVCompressedJointAttention",
            "mm_edit_from_softmax"]

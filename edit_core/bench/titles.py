@@ -26,6 +26,12 @@ def section_titles(shapes: Shapes, tiny: Optional[bool] = None) -> dict[str, str
                  f"{s.text_tokens} text tokens): SDPA over [text; image] vs MMEDiTJointAttention",
         "block": f"block: {p} transformer block, width {s.pixart_width} (self-attn + cross-attn to "
                  f"{s.caption_tokens} tokens + {s.mlp_ratio}× MLP): softmax vs EDiT self-attention",
+        "tf-layer": f"tf-layer: {p} self-attention as in `layer`: SDPA vs the training-free mode (softmax over "
+                    f"{s.kv_ratio}×{s.kv_ratio}-pooled K/V)",
+        "tf-joint": f"tf-joint: {j} joint attention as in `joint`: SDPA vs the training-free mode (text K/V exact, image "
+                    f"K/V {s.kv_ratio}×{s.kv_ratio}-pooled)",
+        "tf-block": f"tf-block: {p} block as in `block`: softmax vs the training-free self-attention "
+                    f"({s.kv_ratio}×{s.kv_ratio}-pooled K/V)",
         "op-bw": f"op-bw: linear_attention alone (q over N tokens, k/v over M≈N/4 compressed) vs SDPA over N tokens, "
                  f"{p} {s.pixart_heads}×{p_head} and {j} {s.sd35_heads}×{j_head} heads; GB/s = bytes the op "
                  f"must move (read q, k, v + write out) / time",

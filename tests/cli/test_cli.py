@@ -166,7 +166,8 @@ def test_bench_tiny_writes_json_and_plot(capsys, tmp_path):
     assert results["device"]["type"] == "cpu" and results["dtype"] == "fp32" and results["torch"] == torch.__version__
     assert "date" in results and results["command"].startswith("python -m edit_core bench")
     assert {(r["section"], r["tokens"]) for r in results["rows"]} == \
-        {(s, n) for s in ("op", "layer", "joint", "block") for n in (64, 256)}
+        {(s, n) for s in ("op", "layer", "joint", "block", "tf-layer", "tf-joint", "tf-block") for n in (64, 256)}
+    assert {r["backend"] for r in results["rows"] if r["section"].startswith("tf-")} == {"sdpa"}
     for row in results["rows"]:
         for side in ("teacher", "edit"):
             assert row[side]["median_s"] > 0 and len(row[side]["times_s"]) == 2 and row[side]["skipped"] is None
@@ -199,7 +200,7 @@ def test_bench_families_select_sections(capsys, tmp_path):
     json_path = tmp_path / "r.json"
     assert run(capsys, "bench", "--tiny", "--device", "cpu", "--families", "sd35", "--tokens", "16",
                "--repeats", "1", "--warmup", "0", "--json", str(json_path))[0] == 0
-    assert {r["section"] for r in json.loads(json_path.read_text())["rows"]} == {"joint"}
+    assert {r["section"] for r in json.loads(json_path.read_text())["rows"]} == {"joint", "tf-joint"}
 
 
 def test_bench_times_teacher_and_edit_interleaved():
