@@ -315,8 +315,8 @@ def load_adapter(path: str, expect_family: Optional[str] = None) -> Adapter:
         raise AdapterError(path, ["no such file"])
     _, metadata = _read_header(path)
     config = _parse_config(path, metadata)
-    if expect_family is not None and config.family != expect_family:
-        raise AdapterError(path, [f"it is for {config.describe()}, not {family_title(expect_family)}"])
+    if expect_family is not None and config.family != get_family(expect_family).name:  # (aliases too)
+        raise AdapterError(path, [f"it is for {config.describe()}, not {get_family(expect_family).title}"])
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -11,7 +11,7 @@ FAMILY = Family(
               "beta_schedule": "linear"},
     sampling_shift=1.0,
     conditioning=("encoder_hidden_states", "encoder_attention_mask"), text_width_key="caption_channels",
-    pipelines=("PixArtSigmaPipeline",),
+    pipelines=("PixArtSigmaPipeline", "PixArtAlphaPipeline"),  # the latter: PixArt-α 512 (no micro-conditions)
     reference=Geometry(num_blocks=28, hidden_size=1152, num_heads=16, patch_size=2, text_tokens=300,
                        native_resolution=1024),
     reference_config=dict(sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
