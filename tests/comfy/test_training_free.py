@@ -158,3 +158,14 @@ def test_bad_settings_are_clear_errors(sd3, training_free):
         training_free(sd3.model, start_percent=0.8, end_percent=0.2)
     with pytest.raises(ValueError, match="block range"):
         training_free(sd3.model, start_block=5, end_block=3)
+
+
+def test_composes_with_the_torch_compile_wrapper(comfy_env, sd3, training_free):
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    torch._dynamo.reset()
+    patched = training_free(sd3.model, ratio=2, min_tokens=0)
+    compiled = patched.clone()
+    set_torch_compile_wrapper(model=compiled, backend="eager")
+    torch.testing.assert_close(_sample(comfy_env, sd3, compiled, steps=1), _sample(comfy_env, sd3, patched, steps=1),
+                               rtol=1e-5, atol=1e-5)
