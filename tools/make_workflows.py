@@ -9,7 +9,9 @@ after changing a node's inputs, run this again and commit the JSON.
     COMFYUI_DIR=/path/to/ComfyUI .venv/bin/python tools/make_workflows.py --check   # exit 1 if out of date
 
 The costs written in the Note nodes are estimates (no GPU was available to measure them); tile counts come
-from the pack's own tiling plan.
+from the pack's own tiling plan. The "fast" workflows (standard model files, Apply Training-free Fast
+Attention (EDiT), no adapter) give each high-resolution step's cost relative to a 1024² step from a count of
+multiply-accumulates (``relative_cost``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ BASE_PX = 1024
 TILE_PX, TILE_OVERLAP_PX = 1024, 128
 DECODE_TILE_PX, DECODE_OVERLAP_PX = 512, 64
 REFINE_STEPS, REFINE_DENOISE = 15, 0.4
+# the "fast" workflows: standard model files only, Apply Training-free Fast Attention (EDiT) on both passes
+FAST_RATIO = 2  # 2×2 pooled image keys/values: 4× fewer keys
+FAST_STEPS, FAST_DENOISE = 15, 0.5
+FAST_TILE_OVERLAP_PX = 256
+# 4096² in 2×2 tiles for PixArt-Σ (about its 2K), 3×3 for SD3.5-Medium (1536², within its training sizes)
+FAST_TILES_PER_SIDE = {"pixart": 2, "sd35m": 3}
 
 
 # ------------------------------------------------------------------------------------------ node definitions
@@ -349,13 +357,25 @@ class Graph:
 
 # ------------------------------------------------------------------------------------------ pieces
 
-def tiles_per_step(size_px: int) -> int:
+def tiles_per_step(size_px: int, tile_px: int = TILE_PX, overlap_px: int = TILE_OVERLAP_PX) -> int:
     """Tiles per refine step at ``size_px``², from the pack's own plan (latent px = px / 8)."""
     sys.path.insert(0, REPO)
     from edit_core.tiling import plan_tiles
 
-    lat, tile, overlap = size_px // 8, TILE_PX // 8, TILE_OVERLAP_PX // 8
+    lat, tile, overlap = size_px // 8, tile_px // 8, overlap_px // 8
     return len(plan_tiles(lat, lat, tile, tile, overlap))
+
+
+def fast_tile_px(family: str, size_px: int) -> int:
+    """The tile side that covers ``size_px``² with n × n tiles (``FAST_TILES_PER_SIDE``) overlapping by
+    ``FAST_TILE_OVERLAP_PX``: (size + (n - 1) · overlap) / n."""
+    n = FAST_TILES_PER_SIDE[family]
+    tile, rest = divmod(size_px + (n - 1) * FAST_TILE_OVERLAP_PX, n)
+    if rest or tile % 16:
+        raise ValueError(f"{size_px}² does not split into {n}x{n} tiles of a multiple of 16 px")
+    if tiles_per_step(size_px, tile, FAST_TILE_OVERLAP_PX) != n * n:
+        raise ValueError(f"the tiling plan does not give {n}x{n} tiles of {tile}² at {size_px}²")
+    return tile
 
 
 @dataclass
@@ -382,11 +402,23 @@ COL_OUTPUT_1024, COL_OUTPUT_TILED = 1590, 2140
 TOP = 60
 
 
-def base_chain(g: Graph, family: str, *, checkpoint: bool = False) -> tuple[Chain, list[Node]]:
-    """Loaders, EDiT, prompts and the 1024² text-to-image sampler; returns the chain and its nodes."""
+def base_chain(g: Graph, family: str, *, checkpoint: bool = False,
+               training_free: bool = False) -> tuple[Chain, list[Node]]:
+    """Loaders, EDiT (an adapter, or with ``training_free`` Apply Training-free Fast Attention), prompts and the
+    1024² text-to-image sampler; returns the chain and its nodes."""
     f = FAMILIES[family]
     first = len(g.nodes)
-    if checkpoint:
+    prompts_y = TOP + 240
+    if training_free:  # no adapter: the standard model through the training-free node
+        if family == "pixart":
+            loader = g.add("UNETLoader", (COL_LOADERS, TOP), unet_name=PIXART_MODEL, weight_dtype="default")
+            model_out = loader[0]
+        else:
+            loader = g.add("CheckpointLoaderSimple", (COL_LOADERS, TOP), ckpt_name=SD35M_CHECKPOINT)
+            model_out = loader.out("MODEL")
+        model = g.add("EDiTTrainingFree", (COL_PROMPTS, TOP), model=model_out, ratio=str(FAST_RATIO))[0]
+        below, prompts_y = TOP + 140, TOP + 270
+    elif checkpoint:
         model = g.add("EDiTCheckpointLoader", (COL_LOADERS, TOP), title="Load EDiT Checkpoint (model + adapter)",
                       ckpt_name=PIXART_EDIT_CHECKPOINT)[0]
         below = TOP + 160
@@ -410,10 +442,10 @@ def base_chain(g: Graph, family: str, *, checkpoint: bool = False) -> tuple[Chai
         vae = loader.out("VAE")
         clip = g.add("TripleCLIPLoader", (COL_LOADERS, below), title="Load CLIP-L, CLIP-G, T5-XXL (SD3.5)",
                      clip_name1=CLIP_L, clip_name2=CLIP_G, clip_name3=T5XXL)
-    positive = g.add("CLIPTextEncode", (COL_PROMPTS, TOP + 240), title="Positive prompt", prompt_role="positive",
+    positive = g.add("CLIPTextEncode", (COL_PROMPTS, prompts_y), title="Positive prompt", prompt_role="positive",
                      node_size=(NODE_WIDTH, 160), text=POSITIVE, clip=clip[0])
-    negative = g.add("CLIPTextEncode", (COL_PROMPTS, TOP + 450), title="Negative prompt", prompt_role="negative",
-                     node_size=(NODE_WIDTH, 110), text=NEGATIVE, clip=clip[0])
+    negative = g.add("CLIPTextEncode", (COL_PROMPTS, prompts_y + 210), title="Negative prompt",
+                     prompt_role="negative", node_size=(NODE_WIDTH, 110), text=NEGATIVE, clip=clip[0])
     empty = g.add(f["latent_node"], (COL_BASE, TOP), width=BASE_PX, height=BASE_PX, batch_size=1)
     sampler = g.add("KSampler", (COL_BASE, TOP + 170), title=f"KSampler (base {BASE_PX}²)", model=model, seed=SEED,
                     steps=f["steps"], cfg=f["cfg"], sampler_name=f["sampler"], scheduler=f["scheduler"],
@@ -499,6 +531,72 @@ def cost_text(family: str, size_px: Optional[int]) -> str:
     return "\n".join(lines)
 
 
+# Relative cost of one model call, from multiply-accumulate counts per block (an ESTIMATE: kernel efficiency,
+# the VAE and the text encoders are left out). Tokens = px² / 256 (8x VAE, 2x2 patches); text tokens: SD3's
+# 77 CLIP + 77 T5 padding, about the example prompt's length for PixArt (its T5 is not padded).
+ARCH = {"pixart": {"width": 1152, "text": 120, "joint": False, "attn2": 0.0},
+        "sd35m": {"width": 1536, "text": 154, "joint": True, "attn2": 13 / 24}}  # MMDiT-X: attn2 in 13 of 24
+
+
+def call_macs(family: str, side_px: int, ratio: int = 1) -> float:
+    """Multiply-accumulates per block, divided by the width, of one call on a ``side_px``² image whose image
+    keys/values are pooled ``ratio``x``ratio`` (1: exact attention)."""
+    a = ARCH[family]
+    d, t = a["width"], a["text"]
+    n = (side_px // 16) ** 2
+    k = n // ratio ** 2
+    if a["joint"]:  # q, k, v, o + 4x MLP on image and text; joint attention; attn2: image self-attention
+        linear = 12 * d * (n + t) + a["attn2"] * 4 * d * n
+        attention = 2 * (n + t) * (k + t) + a["attn2"] * 2 * n * k
+    else:  # self-attention q, k, v, o; cross-attention q, o (k, v on the text); 4x MLP
+        linear = 14 * d * n + 2 * d * t
+        attention = 2 * n * k + 2 * n * t
+    return linear + attention
+
+
+def relative_cost(family: str, side_px: int, ratio: int = 1) -> float:
+    """One call at ``side_px``² (keys pooled ``ratio``x) in units of one exact 1024² call."""
+    return call_macs(family, side_px, ratio) / call_macs(family, BASE_PX)
+
+
+def fast_cost_text(family: str, size_px: int, tile_px: Optional[int]) -> str:
+    base_steps = FAMILIES[family]["steps"]
+    low, high = STEP_SECONDS[family]
+    side = tile_px or size_px
+    fast, exact = relative_cost(family, side, FAST_RATIO), relative_cost(family, side)
+    lines = ["COST: ESTIMATES, not measured (no GPU was available)",
+             f" base: {base_steps} steps at 1024², {_seconds(base_steps * low, base_steps * high)} on an",
+             f"   RTX 4090-class GPU; {VRAM[family]} of VRAM.",
+             "   Same as without the node: 1024² is not compressed."]
+    if tile_px is None:
+        calls = FAST_STEPS * fast
+        lines += [f" {size_px}²: {FAST_STEPS} steps, each ~{fast:.1f}x a 1024² step",
+                  f"   (~{exact:.1f}x without the node; from FLOP counts):",
+                  f"   {_seconds(calls * low, calls * high)}. A little more VRAM than at 1024²;",
+                  "   VAE Decode falls back to tiles if short."]
+    else:
+        tiles = tiles_per_step(size_px, tile_px, FAST_TILE_OVERLAP_PX)
+        calls = tiles * FAST_STEPS
+        lines += [f" {size_px}²: {tiles} tiles x {FAST_STEPS} steps = {calls} tile calls,",
+                  f"   each ~{fast:.1f}x a 1024² step (~{exact:.1f}x without",
+                  f"   the node; from FLOP counts): {_seconds(calls * fast * low, calls * fast * high)}.",
+                  "   Tiles run one at a time: VRAM a little over 1024².",
+                  f" RAM: the {size_px}² image is {size_px * size_px * 12 // 2**20} MB as float32."]
+    lines.append(" T5-XXL fp16 needs ~10 GB of RAM (t5xxl_fp8_e4m3fn: ~5 GB).")
+    return "\n".join(lines)
+
+
+def standard_files_text(family: str) -> str:
+    if family == "pixart":
+        lines = [f"models/diffusion_models/{PIXART_MODEL}", f"models/text_encoders/{T5XXL}",
+                 f"models/vae/{PIXART_VAE}"]
+    else:
+        lines = [f"models/checkpoints/{SD35M_CHECKPOINT}", f"models/text_encoders/{CLIP_L}",
+                 f"models/text_encoders/{CLIP_G}", f"models/text_encoders/{T5XXL}"]
+    lines.append("No adapter: nothing in models/edit.")
+    return "\n".join(" " + line for line in lines)
+
+
 def note_text(title: str, steps: list[str], family: str, size_px: Optional[int] = None,
               checkpoint: bool = False) -> str:
     body = "\n".join(f"{i}. {step}" for i, step in enumerate(steps, 1))
@@ -537,6 +635,64 @@ def tiled(info: dict, name: str, family: str, size_px: int) -> Graph:
     output_nodes = decode_and_save(g, chain.vae, refined, COL_OUTPUT_TILED, f"EDiT/{name}", tiled=True)
     g.group(f"1. Base image {BASE_PX}²", base_nodes)
     g.group(f"2. Upscale + tiled refine {size_px}²", refine_nodes, color="#8a6e3f")
+    g.group("3. Decode + save", output_nodes, color="#3f8a5a")
+    return g
+
+
+def fast(info: dict, name: str, family: str, size_px: int, tiled_refine_: bool) -> Graph:
+    """Standard model files only: Apply Training-free Fast Attention (EDiT) feeds the 1024² base pass (too few
+    tokens: untouched) and the high-resolution pass (compressed), with Tiled Diffusion (EDiT) in front of the
+    latter for the tiled ones."""
+    f = FAMILIES[family]
+    g = Graph(name, info)
+    tokens = (size_px // 16) ** 2
+    min_tokens = info["EDiTTrainingFree"]["input"]["required"]["min_tokens"][1]["default"]
+    tile = fast_tile_px(family, size_px) if tiled_refine_ else None
+    steps = [
+        f"Apply Training-free Fast Attention (EDiT), ratio {FAST_RATIO}: image queries attend to "
+        f"{FAST_RATIO}x{FAST_RATIO}-pooled keys and values ({FAST_RATIO ** 2}x fewer). No adapter, no training; "
+        "some fine detail is lost.",
+        f"Base: 1024² text to image. 1024² is {(BASE_PX // 16) ** 2} tokens, under min_tokens ({min_tokens}), so "
+        "this pass runs the standard model unchanged: one MODEL feeds both samplers.",
+    ]
+    if tile is None:
+        steps += [f"Upscale the latent {size_px // BASE_PX}x and sample it again at {size_px}², denoise "
+                  f"{FAST_DENOISE} ({tokens} tokens: compressed). Lower keeps more of the base.",
+                  "Decode, save."]
+    else:
+        n = FAST_TILES_PER_SIDE[family]
+        tile_tokens = (tile // 16) ** 2
+        steps += [f"Upscale the latent {size_px // BASE_PX}x and sample it again at {size_px}², denoise "
+                  f"{FAST_DENOISE}, with Tiled Diffusion (EDiT): {n}x{n} tiles of {tile}², {FAST_TILE_OVERLAP_PX} "
+                  f"px overlap, each compressed ({tile_tokens} tokens). Big tiles see more of the image than "
+                  "1024² ones (fewer repeated subjects); compression keeps them affordable.",
+                  "Decode with VAE Decode (Tiled); save (a big PNG takes a while)."]
+    body = "\n".join(f"{i}. {step}" for i, step in enumerate(steps, 1))
+    g.note((20, TOP), (400, 500), f"{f['label']}, no adapter: {size_px} x {size_px} with training-free fast "
+                                  f"attention\n\n{body}\n\nFILES (download links: workflows/README.md of "
+                                  f"ComfyUI-EDiT)\n{standard_files_text(family)}\n\n"
+                                  f"{fast_cost_text(family, size_px, tile)}")
+    chain, base_nodes = base_chain(g, family, training_free=True)
+    first = len(g.nodes)
+    up = g.add("LatentUpscale", (COL_REFINE, TOP), title=f"Upscale latent to {size_px}²", samples=chain.latent,
+               upscale_method="bicubic", width=size_px, height=size_px, crop="disabled")
+    model, y = chain.model, TOP + 190
+    if tile is not None:
+        model = g.add("EDiTTiledDiffusion", (COL_REFINE, y), model=chain.model, tile_width=tile, tile_height=tile,
+                      overlap=FAST_TILE_OVERLAP_PX, tile_batch_size=1, blend="feathered")[0]
+        y += 210
+    positive = g.reroute((COL_REFINE - 100, y + 100), chain.positive)
+    negative = g.reroute((COL_REFINE - 100, y + 140), chain.negative)
+    kind = "tiled refine" if tile else "refine"
+    sampler = g.add("KSampler", (COL_REFINE, y), title=f"KSampler ({kind} {size_px}², compressed)", model=model,
+                    seed=SEED, steps=FAST_STEPS, cfg=f["cfg"], sampler_name=f["sampler"],
+                    scheduler=f["scheduler"], positive=positive[0], negative=negative[0], latent_image=up[0],
+                    denoise=FAST_DENOISE)
+    refine_nodes = g.nodes[first:]
+    output_nodes = decode_and_save(g, chain.vae, sampler[0], COL_OUTPUT_TILED, f"EDiT/{name}",
+                                   tiled=tile is not None)
+    g.group(f"1. Base image {BASE_PX}² (not compressed)", base_nodes)
+    g.group(f"2. Upscale + {kind} {size_px}²", refine_nodes, color="#8a6e3f")
     g.group("3. Decode + save", output_nodes, color="#3f8a5a")
     return g
 
@@ -664,6 +820,10 @@ def distill_adapter(info: dict, name: str) -> Graph:
 
 
 WORKFLOWS: dict[str, Callable[[dict], Graph]] = {
+    "pixart_sigma_fast_2k": lambda info: fast(info, "pixart_sigma_fast_2k", "pixart", 2048, False),
+    "pixart_sigma_fast_4k_tiled": lambda info: fast(info, "pixart_sigma_fast_4k_tiled", "pixart", 4096, True),
+    "sd35m_fast_2k": lambda info: fast(info, "sd35m_fast_2k", "sd35m", 2048, False),
+    "sd35m_fast_4k_tiled": lambda info: fast(info, "sd35m_fast_4k_tiled", "sd35m", 4096, True),
     "pixart_sigma_edit_1024": lambda info: text_to_image(info, "pixart_sigma_edit_1024", "pixart"),
     "pixart_sigma_edit_4k_tiled": lambda info: tiled(info, "pixart_sigma_edit_4k_tiled", "pixart", 4096),
     "pixart_sigma_edit_8k_tiled": lambda info: tiled(info, "pixart_sigma_edit_8k_tiled", "pixart", 8192),

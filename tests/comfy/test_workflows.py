@@ -21,11 +21,20 @@ Stand-ins under the file names the workflows use (models/<folder>/<name>):
 Scaled-down runs multiply the latent, tile and training sizes by one factor per workflow: its base size (the
 empty latent's) becomes 64 px for SD3 and 272 px for PixArt, whose positional embedding needs at least 34 latent
 px (1024 px → 272 px, and 512 px → 272 px in the distillation workflow), rounded up to each input's step and
-minimum, and sample 1 step. SD3 keeps the 4×/8× upscale ("4K" = 256 px, "8K" = 512 px). PixArt upscales 2×
-for "4K" and 3× for "8K" (544 and 816 px): 4× or 8× of 272 px would spend 25 s to 2.5 min in the random
-TAESD decode alone on 2 CPU cores. VAE Decode (Tiled) keeps its 512 px tiles (smaller tiles make the decode
-several times slower). Distill EDiT Adapter trains 2 steps on 1 teacher latent per prompt, sampled in 1 step,
-on the tiny PixArt-Σ (a few seconds); the adapter it saves feeds the workflow's Apply EDiT Attention.
+minimum, and sample 1 step. SD3 keeps the 2×/4×/8× upscale ("2K" = 128 px, "4K" = 256 px, "8K" = 512 px).
+PixArt upscales 2× for "2K" and "4K" and 3× for "8K" (544, 544 and 816 px): 4× or 8× of 272 px would spend
+25 s to 2.5 min in the random TAESD decode alone on 2 CPU cores. A Tiled Diffusion tile that the scaling
+leaves covering the whole image (PixArt's fast 4K: 2176 px → 592 px on 544 px) becomes the size that keeps
+the workflow's tiles per side, (side + (n − 1)·overlap) / n. VAE Decode (Tiled) keeps its 512 px tiles (smaller
+tiles make the decode several times slower). Distill EDiT Adapter trains 2 steps on 1 teacher latent per
+prompt, sampled in 1 step, on the tiny PixArt-Σ (a few seconds); the adapter it saves feeds the workflow's
+Apply EDiT Attention.
+
+The "fast" workflows feed one Apply Training-free Fast Attention (EDiT) MODEL to both samplers; its
+min_tokens scales with the area (× scale², rounded up: 4097 → 290 for PixArt, 17 for SD3), so as in the real
+workflow the base pass (289 / 16 tokens) runs the model's own attention and every high-resolution call (every
+tile) is compressed. The run test records each gate decision (image tokens, compressed?) and checks exactly
+that, on a fresh executor cache (the two workflows of a family share their base pass).
 """
 
 import os
@@ -49,7 +58,8 @@ from tests.comfy.harness import REPO, random_taesd  # noqa: E402
 
 WORKFLOW_DIR = os.path.join(REPO, "workflows")
 WORKFLOW_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
-EXPECTED_WORKFLOWS = {"pixart_sigma_edit_1024.json", "pixart_sigma_edit_4k_tiled.json",
+EXPECTED_WORKFLOWS = {"pixart_sigma_fast_2k.json", "pixart_sigma_fast_4k_tiled.json", "sd35m_fast_2k.json",
+                      "sd35m_fast_4k_tiled.json", "pixart_sigma_edit_1024.json", "pixart_sigma_edit_4k_tiled.json",
                       "pixart_sigma_edit_8k_tiled.json", "sd35m_mmedit_1024.json", "sd35m_mmedit_4k_tiled.json",
                       "sd35m_mmedit_8k_tiled.json", "edit_checkpoint_1024.json", "pixart_sigma_distill_adapter.json"}
 DISTILL_WORKFLOW = "pixart_sigma_distill_adapter.json"
@@ -61,7 +71,8 @@ TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"}
 
 # scaled-down runs (module docstring): pixel scale, and the upscale factor a workflow's 4× / 8× becomes
 TEST_BASE_PX = {"sd3": 64, "pixart": 272}  # the workflow's base size (its empty latent) becomes this
-TEST_UPSCALE = {"sd3": lambda factor: factor, "pixart": lambda factor: int(math.log2(factor))}  # PixArt: 2×, 3×
+TEST_UPSCALE = {"sd3": lambda factor: factor,
+                "pixart": lambda factor: max(2, int(math.log2(factor)))}  # PixArt: 2×, 2×, 3× for 2×, 4×, 8×
 TEST_STEPS = 1
 TEST_DISTILL = {"steps": 2, "batch_size": 1, "samples_per_prompt": 1, "teacher_steps": 1}  # Distill EDiT Adapter
 
@@ -217,6 +228,7 @@ def scaled_down(prompt: dict, info: dict) -> tuple[dict, int]:
     side of the saved image."""
     family = family_of(prompt)
     prompt = copy.deepcopy(prompt)
+    original = copy.deepcopy(prompt)
     (base,) = {n["inputs"]["width"] for n in prompt.values() if n["class_type"].startswith("Empty")}
     scale = TEST_BASE_PX[family] / base
     for node_id, node in list(prompt.items()):
@@ -228,7 +240,9 @@ def scaled_down(prompt: dict, info: dict) -> tuple[dict, int]:
                 inputs[name] = factor * _scaled(base, scale, options)
             else:
                 inputs[name] = _scaled(inputs[name], scale, options)
-        if kind == "KSampler":
+        if kind == "EDiTTrainingFree":  # tokens scale with the area
+            inputs["min_tokens"] = math.ceil(inputs["min_tokens"] * scale * scale)
+        elif kind == "KSampler":
             inputs["steps"] = TEST_STEPS
         elif kind == "EDiTDistill":
             inputs.update(TEST_DISTILL)
@@ -238,6 +252,19 @@ def scaled_down(prompt: dict, info: dict) -> tuple[dict, int]:
         elif kind in TEXT_ENCODER_LOADERS:
             del prompt[node_id]
     sizes = [n["inputs"]["width"] for n in prompt.values() if n["class_type"] == "LatentUpscale"]
+    for node_id, node in prompt.items():  # a tile that now covers the whole image: keep the tiles per side
+        inputs = node["inputs"]
+        if node["class_type"] != "EDiTTiledDiffusion" or inputs["tile_width"] < sizes[-1]:
+            continue
+        from edit_core.tiling import axis_starts
+
+        (real_side,) = [n["inputs"]["width"] for n in original.values() if n["class_type"] == "LatentUpscale"]
+        real = original[node_id]["inputs"]
+        per_side = len(axis_starts(real_side // 8, real["tile_width"] // 8, real["overlap"] // 8))
+        if per_side > 1:
+            tile = (sizes[-1] + (per_side - 1) * inputs["overlap"]) / per_side
+            options = info["EDiTTiledDiffusion"]["input"]["required"]["tile_width"][1]
+            inputs["tile_width"] = inputs["tile_height"] = _scaled(tile, 1.0, options)
     sizes = sizes or [n["inputs"]["width"] for n in prompt.values() if n["class_type"].startswith("Empty")]
     return prompt, sizes[-1]
 
@@ -309,13 +336,43 @@ def model_files(comfy_env, sd3, pixart, vaes) -> set:
     return made
 
 
+def image_tokens(side_px: int) -> int:
+    """Image tokens of a side_px² image for PixArt and SD3: 8× VAE, 2×2 patches."""
+    return (side_px // 16) ** 2
+
+
+def expected_gate_tokens(prompt: dict) -> tuple[int, int]:
+    """A scaled-down training-free workflow's (base pass, high-resolution pass) image tokens per model call:
+    the high-resolution pass's are a tile's where Tiled Diffusion (EDiT) is used."""
+    (base,) = [n["inputs"]["width"] for n in prompt.values() if n["class_type"].startswith("Empty")]
+    (side,) = [n["inputs"]["width"] for n in prompt.values() if n["class_type"] == "LatentUpscale"]
+    tiles = [n["inputs"]["tile_width"] for n in prompt.values() if n["class_type"] == "EDiTTiledDiffusion"]
+    return image_tokens(base), image_tokens(min([side, *tiles]))
+
+
+@pytest.fixture
+def gate_calls(comfy_env, monkeypatch) -> list:
+    """(image tokens, compressed?) of every decision of Apply Training-free Fast Attention's gates (one per
+    converted attention per model call) while the test runs."""
+    gate = comfy_env.pack("nodes.training_free").SamplingGate
+    decide, calls = gate.__call__, []
+
+    def recording(self, num_tokens):
+        opened = decide(self, num_tokens)
+        calls.append((int(num_tokens), bool(opened)))
+        return opened
+
+    monkeypatch.setattr(gate, "__call__", recording)
+    return calls
+
+
 def _validate(env, prompt: dict):
     return asyncio.run(env.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
 
 # ---------------------------------------------------------------------------------------------- tests
 
-def test_workflows_folder_holds_the_eight_examples():
+def test_workflows_folder_holds_the_expected_examples():
     assert set(WORKFLOW_FILES) == EXPECTED_WORKFLOWS
 
 
@@ -355,10 +412,13 @@ def test_workflow_converts_to_a_prompt_that_comfyui_accepts(name, comfy_env, inf
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
-def test_workflow_runs_scaled_down_to_an_image_of_the_expected_size(name, comfy_env, info, model_files):
+def test_workflow_runs_scaled_down_to_an_image_of_the_expected_size(name, comfy_env, info, model_files, gate_calls):
     from PIL import Image
 
     prompt, side = scaled_down(ui_to_api(read_workflow(name), info), info)
+    training_free = [n for n in prompt.values() if n["class_type"] == "EDiTTrainingFree"]
+    if training_free:  # run every node: the other workflow of the family has the same base pass, maybe cached
+        comfy_env.executor.reset()
     adapters_before = set(os.listdir(comfy_env.path("models", "edit")))
     result = comfy_env.run_prompt(prompt)
     assert result.valid and result.success, result.error_text()
@@ -367,6 +427,16 @@ def test_workflow_runs_scaled_down_to_an_image_of_the_expected_size(name, comfy_
     path = os.path.join(comfy_env.path("output"), images[0]["subfolder"], images[0]["filename"])
     with Image.open(path) as image:
         assert image.size == (side, side)
+    if training_free:
+        # the scaled min_tokens splits the passes as the real one does: the base pass runs the model's own
+        # attention, every high-resolution call (every tile) is compressed
+        (node,) = training_free
+        base, high = expected_gate_tokens(prompt)
+        assert base < node["inputs"]["min_tokens"] <= high
+        assert {tokens for tokens, compressed in gate_calls if not compressed} == {base}
+        assert {tokens for tokens, compressed in gate_calls if compressed} == {high}
+    else:
+        assert not gate_calls
     new_adapters = set(os.listdir(comfy_env.path("models", "edit"))) - adapters_before
     if name != DISTILL_WORKFLOW:
         assert not new_adapters
