@@ -1,6 +1,7 @@
 """Session fixtures for the real-ComfyUI tests: one in-process ComfyUI with this pack installed, tiny
-SD3.5-Medium-layout and PixArt-Σ models saved and loaded through ComfyUI's own loader, and adapters made by
-``edit_core`` from the same files. Every test module skips itself when COMFYUI_DIR is not set."""
+SD3.5-Medium-layout and PixArt-Σ models (and, for tests/comfy/test_families.py, tiny SD3-Medium, SD3.5-Large
+and PixArt-α ones) saved and loaded through ComfyUI's own loader, and adapters made by ``edit_core`` from the
+same files. Every test module skips itself when COMFYUI_DIR is not set."""
 
 from __future__ import annotations
 
@@ -62,6 +63,30 @@ def pixart(comfy_env) -> TinyModel:
     from tests.comfy.harness import tiny_pixart_diffusers
 
     return _tiny(comfy_env, "pixart_sigma", tiny_pixart_diffusers())
+
+
+@pytest.fixture(scope="session")
+def sd3_medium(comfy_env) -> TinyModel:
+    """SD3-Medium layout (no qk-norm, no attn2), 2 blocks × 2 heads of 64."""
+    from tests.comfy.harness import tiny_mmdit_diffusers
+
+    return _tiny(comfy_env, "sd3_medium", tiny_mmdit_diffusers("sd3_medium", seed=11))
+
+
+@pytest.fixture(scope="session")
+def sd35_large(comfy_env) -> TinyModel:
+    """SD3.5-Large layout (RMS qk-norm, no attn2), 2 blocks × 2 heads of 64."""
+    from tests.comfy.harness import tiny_mmdit_diffusers
+
+    return _tiny(comfy_env, "sd35_large", tiny_mmdit_diffusers("sd35_large", seed=12))
+
+
+@pytest.fixture(scope="session")
+def pixart_alpha(comfy_env) -> TinyModel:
+    """PixArt-α layout (micro-conditions) at ComfyUI's hard-coded width 1152, depth 1."""
+    from tests.comfy.harness import tiny_pixart_alpha_diffusers
+
+    return _tiny(comfy_env, "pixart_alpha", tiny_pixart_alpha_diffusers(seed=13))
 
 
 @pytest.fixture(scope="session")

@@ -251,6 +251,41 @@ def tiny_pixart_diffusers(seed: int = 0):
     return model.eval()
 
 
+def tiny_mmdit_diffusers(family: str, num_layers: int = 2, seed: int = 0):
+    """A tiny MMDiT of ``family``'s layout, ``num_layers`` × 64 wide (ComfyUI's MMDiT width is 64 × depth):
+    SD3.5-Medium (``tiny_sd3_diffusers``: dual attention in layer 0, RMS qk-norm), SD3.5-Large (RMS qk-norm, no
+    attn2), SD3-Medium (no qk-norm, no attn2)."""
+    from diffusers import SD3Transformer2DModel
+
+    if family == "sd35_medium":
+        return tiny_sd3_diffusers(num_layers=num_layers, seed=seed, heads=num_layers)
+    qk_norm = {"sd35_large": "rms_norm", "sd3_medium": None}[family]
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16,
+                                  num_layers=num_layers, attention_head_dim=64, num_attention_heads=num_layers,
+                                  joint_attention_dim=4096, caption_projection_dim=64 * num_layers,
+                                  pooled_projection_dim=2048, pos_embed_max_size=32, qk_norm=qk_norm)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("norm_q.weight", "norm_k.weight", "norm_added_q.weight", "norm_added_k.weight")):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_pixart_alpha_diffusers(seed: int = 0):
+    """PixArt-α: the tiny PixArt-Σ layout with resolution / aspect-ratio micro-conditions (ComfyUI reads
+    ``ar_embedder`` → ``pixart_alpha``, ``micro_condition``). The size embedders get non-trivial output layers."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                                     num_layers=1, cross_attention_dim=1152, caption_channels=4096, sample_size=64,
+                                     patch_size=2, norm_type="ada_norm_single", use_additional_conditions=True,
+                                     norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000,
+                                     interpolation_scale=1)
+    return model.eval()
+
+
 def save_state_dict(model: torch.nn.Module, path: str) -> dict:
     from safetensors.torch import save_file
 
@@ -386,8 +421,12 @@ def reference_output(model, grid_box, family: str, call: dict, *, patch_size: in
     context = call["context"].to(dtype)
     with torch.no_grad():
         if family.startswith("pixart"):
+            added = {"resolution": None, "aspect_ratio": None}
+            if getattr(model.config, "use_additional_conditions", False):  # PixArt-α: ComfyUI's c_size / c_ar
+                added = {"resolution": call["kwargs"]["c_size"].to(dtype),
+                         "aspect_ratio": call["kwargs"]["c_ar"].to(dtype)}
             out = model(hidden_states=xc, encoder_hidden_states=context, timestep=timestep,
-                        added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+                        added_cond_kwargs=added, return_dict=False)[0]
             return out[:, :x.shape[1]]
         pooled = call["kwargs"]["y"].to(dtype)
         return model(hidden_states=xc, encoder_hidden_states=context, pooled_projections=pooled, timestep=timestep,
