@@ -113,3 +113,18 @@ MMDIT = Architecture(
     heads_in_weights=True, default_head_dim=64)
 
 ARCHITECTURES = (PIXART, MMDIT)
+
+# Training facts the families of one architecture share (``Family(**PIXART_TRAINING, ...)``).
+PIXART_TRAINING = dict(
+    prediction="epsilon",
+    schedule={"kind": "ddpm", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+              "beta_schedule": "linear"},
+    sampling_shift=1.0, conditioning=("encoder_hidden_states", "encoder_attention_mask"),
+    text_width_key="caption_channels")
+MMDIT_TRAINING = dict(
+    prediction="flow", schedule={"kind": "flow"}, sampling_shift=3.0,
+    conditioning=("encoder_hidden_states", "pooled_projections"), text_width_key="joint_attention_dim",
+    pipelines=("StableDiffusion3Pipeline",))
+SD3_CONFIG = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=64,
+                  joint_attention_dim=4096, pooled_projection_dim=2048)
+"""The diffusers config keys SD3-Medium, SD3.5-Medium and SD3.5-Large share."""

@@ -2,22 +2,16 @@
 120-token caption; the same EDiT self-attention. A PixArt-α 512 has no micro-conditions and reads as Σ,
 which converts it identically."""
 
-from .architectures import PIXART
+from . import pixart_sigma
+from .architectures import PIXART, PIXART_TRAINING
 from .base import Family, Geometry
 
 FAMILY = Family(
     name="pixart_alpha", title="PixArt-Alpha", short_title="PixArt-α", architecture=PIXART,
-    match={"micro_conditions": True}, default_variant="edit",
-    prediction="epsilon",
-    schedule={"kind": "ddpm", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-              "beta_schedule": "linear"},
-    sampling_shift=1.0,
-    conditioning=("encoder_hidden_states", "encoder_attention_mask"), text_width_key="caption_channels",
+    match={"micro_conditions": True}, default_variant="edit", **PIXART_TRAINING,
     pipelines=("PixArtAlphaPipeline",),
     reference=Geometry(num_blocks=28, hidden_size=1152, num_heads=16, patch_size=2, text_tokens=120,
                        native_resolution=1024),
-    reference_config=dict(sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
-                          attention_head_dim=72, num_attention_heads=16, cross_attention_dim=1152,
-                          caption_channels=4096, norm_type="ada_norm_single", norm_elementwise_affine=False,
-                          norm_eps=1e-6, use_additional_conditions=True, interpolation_scale=None),
+    reference_config=dict(pixart_sigma.FAMILY.reference_config, use_additional_conditions=True,
+                          interpolation_scale=None),
     aliases=("pixart-alpha",))

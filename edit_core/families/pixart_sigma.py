@@ -1,17 +1,12 @@
 """PixArt-Σ: 28 PixArt blocks, 16 × 72 heads, T5 captions, ε-prediction; EDiT on every self-attention."""
 
-from .architectures import PIXART
+from .architectures import PIXART, PIXART_TRAINING
 from .base import Family, Geometry
 
 FAMILY = Family(
     name="pixart_sigma", title="PixArt-Sigma", short_title="PixArt-Σ", architecture=PIXART,
-    match={"micro_conditions": False}, default_variant="edit",
-    prediction="epsilon",
-    schedule={"kind": "ddpm", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-              "beta_schedule": "linear"},
-    sampling_shift=1.0,
-    conditioning=("encoder_hidden_states", "encoder_attention_mask"), text_width_key="caption_channels",
-    pipelines=("PixArtSigmaPipeline", "PixArtAlphaPipeline"),  # the latter: PixArt-α 512 (no micro-conditions)
+    match={"micro_conditions": False}, default_variant="edit", **PIXART_TRAINING,
+    pipelines=("PixArtSigmaPipeline", "PixArtAlphaPipeline"),  # a PixArt-α 512 has no micro-conditions: it reads as Σ
     reference=Geometry(num_blocks=28, hidden_size=1152, num_heads=16, patch_size=2, text_tokens=300,
                        native_resolution=1024),
     reference_config=dict(sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
