@@ -173,6 +173,20 @@ def _bench_from_json(args: argparse.Namespace, bench) -> int:
     return EXIT_OK
 
 
+def cmd_quality(args: argparse.Namespace) -> int:
+    from . import quality
+    from .families import get_family
+
+    try:
+        families = [get_family(f.strip()).name for f in args.families.split(",") if f.strip()]
+    except KeyError as e:
+        raise CommandError(f"--families: {e.args[0]}") from None
+    quality.run(families, args.out, quick=args.quick, log=lambda line: print(line, flush=True))
+    if args.out:
+        print(f"wrote {os.path.join(args.out, 'QUALITY.md')} and quality.json")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -301,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description=demo.DESCRIPTION)
     demo.add_arguments(p)
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("quality", formatter_class=_Formatter, help="measure quality against the tiny trained teachers",
+                       description="Evaluate the training-free mode (KV compression: ratio, temperature, blocks, part "
+                                   "of sampling) against the tiny trained teachers shipped in edit_core/data/"
+                                   "tiny_teachers: model-output error on held-out crops of real photos and the error "
+                                   "of sampled latents. Writes QUALITY.md and quality.json to --out.")
+    p.add_argument("--families", default="pixart_sigma,sd35_medium", help="teachers to evaluate (comma-separated)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write QUALITY.md and quality.json here (e.g. bench)")
+    p.add_argument("--quick", action="store_true", help="a few held-out items and settings (seconds; for CI)")
+    p.set_defaults(handler=cmd_quality)
 
     from .distill import cli as distill_cli
     distill_cli.add_parser(sub)

@@ -8,7 +8,7 @@ its own training data from prompts alone.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -39,17 +39,27 @@ def sample_teacher(host: DistillHost, noise: torch.Tensor, cond: Conditioning, *
 
     ``null_cond``: the empty prompt's conditioning (batch 1 or B), used for guidance; without it, or with
     ``guidance`` 1, the teacher runs unguided."""
-    if steps < 1:
-        raise ValueError("sample_teacher needs at least one step")
     channels = host.latent_channels
-    x = noise.to(host.device, torch.float32)
-    if host.prediction == "epsilon":
+    return sample(lambda x, t, step: _guided(host, x, t, cond, null_cond, guidance)[:, :channels],
+                  noise.to(host.device, torch.float32), host.prediction, steps=steps, schedule=schedule, shift=shift)
+
+
+@torch.no_grad()
+def sample(predict: Callable[[torch.Tensor, float, int], torch.Tensor], noise: torch.Tensor, prediction: str, *,
+           steps: int = 20, schedule: Optional[DDPMSchedule] = None, shift: float = 3.0) -> torch.Tensor:
+    """Deterministic sampling from ``noise`` with ``predict(x, timestep, step_index)`` → ε (``prediction``
+    "epsilon": DDIM η = 0 on ``schedule``) or the flow velocity ε − x0 ("flow": Euler, σ shifted by ``shift``).
+    Returns the clean latents (fp32)."""
+    if steps < 1:
+        raise ValueError("sampling needs at least one step")
+    x = noise.to(torch.float32)
+    if prediction == "epsilon":
         schedule = schedule or DDPMSchedule()
         ac = schedule.alphas_cumprod.to(torch.float32)
         T = schedule.num_train_timesteps
         timesteps = [int(round((T - 1) * (1 - i / steps))) for i in range(steps)]
         for i, t in enumerate(timesteps):
-            eps = _guided(host, x, t, cond, null_cond, guidance)[:, :channels]
+            eps = predict(x, t, i).float()
             a_t = ac[t]
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
             if i + 1 == len(timesteps):
@@ -59,9 +69,9 @@ def sample_teacher(host: DistillHost, noise: torch.Tensor, cond: Conditioning, *
     sigmas = [1 - i / steps for i in range(steps)] + [0.0]
     sigmas = [shift * s / (1 + (shift - 1) * s) for s in sigmas]
     for i in range(steps):
-        v = _guided(host, x, 1000.0 * sigmas[i], cond, null_cond, guidance)[:, :channels]
+        v = predict(x, 1000.0 * sigmas[i], i).float()
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return x
 
 
-__all__ = ["sample_teacher"]
+__all__ = ["sample_teacher", "sample"]

@@ -159,7 +159,7 @@ def _transformer_class(family: str):
     return getattr(diffusers, get_family(family).architecture.diffusers_class)
 
 
-def _config_args(cls, config: dict) -> dict:
+def config_args(cls, config: dict) -> dict:
     import inspect
 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -203,7 +203,7 @@ def load_teacher(info: TeacherInfo, *, dtype: torch.dtype, device: torch.device,
     else:
         from safetensors.torch import load_file
 
-        transformer = cls(**_config_args(cls, info.config))
+        transformer = cls(**config_args(cls, info.config))
         state = load_file(info.path)
         missing, unexpected = transformer.load_state_dict(state, strict=False)
         if missing or unexpected:
