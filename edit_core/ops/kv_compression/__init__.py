@@ -43,8 +43,10 @@ def pool_tokens(x: torch.Tensor, grid: tuple[int, int], ratio: int) -> torch.Ten
         return x
     lead, c = x.shape[:-2], x.shape[-1]
     image = x.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # [B', C, h, w], a channels-last view
-    pooled = F.avg_pool2d(image, ratio, ratio, ceil_mode=True, count_include_pad=False)  # ragged windows: own count
-    return pooled.permute(0, 2, 3, 1).reshape(*lead, pooled.shape[-2] * pooled.shape[-1], c)
+    pooled = F.avg_pool2d(image.contiguous(memory_format=torch.channels_last), ratio, ratio, ceil_mode=True,
+                          count_include_pad=False)  # ragged windows: own count
+    # back to tokens with a unit-stride last dim (SDPA's fused CPU/GPU kernels need it; else it falls back to math)
+    return pooled.permute(0, 2, 3, 1).reshape(*lead, pooled.shape[-2] * pooled.shape[-1], c).contiguous()
 
 
 def attention_scale(head_dim: int, keys_seen: int, teacher_keys: int, temperature: str = "teacher") -> float:
