@@ -213,7 +213,8 @@ def _accepts(diffusion_model) -> bool:
 
 def patch_mmdit(clone, plan, layers: dict, *, gate=None, fill_only: bool = False) -> dict:
     """Object-patch every joint block with a converted (i, "attn") or (i, "attn2") layer; add the grid wrapper.
-    A block that is already patched keeps its converted slots (all of them with ``fill_only``)."""
+    A block that is already patched keeps the converted slots this patch does not replace; with ``fill_only`` this
+    patch replaces none of them (it converts only slots still running softmax)."""
     converted = {}
     for block in sorted({block for block, _ in layers}):
         name = f"diffusion_model.joint_blocks.{block}"

@@ -84,9 +84,9 @@ def sd35_large(comfy_env) -> TinyModel:
 @pytest.fixture(scope="session")
 def pixart_alpha(comfy_env) -> TinyModel:
     """PixArt-α layout (micro-conditions) at ComfyUI's hard-coded width 1152, depth 1."""
-    from tests.comfy.harness import tiny_pixart_alpha_diffusers
+    from tests.comfy.harness import tiny_pixart_diffusers
 
-    return _tiny(comfy_env, "pixart_alpha", tiny_pixart_alpha_diffusers(seed=13))
+    return _tiny(comfy_env, "pixart_alpha", tiny_pixart_diffusers(seed=13, micro_conditions=True))
 
 
 @pytest.fixture(scope="session")

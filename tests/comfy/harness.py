@@ -238,16 +238,17 @@ def tiny_sd3_diffusers(num_layers: int = 2, seed: int = 0, heads: int = 2):
     return model.eval()
 
 
-def tiny_pixart_diffusers(seed: int = 0):
-    """PixArt-Σ at ComfyUI's hard-coded width (1152, 16 heads × 72), depth 1."""
+def tiny_pixart_diffusers(seed: int = 0, micro_conditions: bool = False):
+    """PixArt-Σ at ComfyUI's hard-coded width (1152, 16 heads × 72), depth 1; with ``micro_conditions`` the
+    PixArt-α layout (resolution / aspect-ratio embedders: ComfyUI reads ``ar_embedder`` → ``pixart_alpha``)."""
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(seed)
     model = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
                                      num_layers=1, cross_attention_dim=1152, caption_channels=4096, sample_size=64,
-                                     patch_size=2, norm_type="ada_norm_single", use_additional_conditions=False,
-                                     norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000,
-                                     interpolation_scale=1)
+                                     patch_size=2, norm_type="ada_norm_single",
+                                     use_additional_conditions=micro_conditions, norm_elementwise_affine=False,
+                                     norm_eps=1e-6, num_embeds_ada_norm=1000, interpolation_scale=1)
     return model.eval()
 
 
@@ -269,20 +270,6 @@ def tiny_mmdit_diffusers(family: str, num_layers: int = 2, seed: int = 0):
         for name, p in model.named_parameters():
             if name.endswith(("norm_q.weight", "norm_k.weight", "norm_added_q.weight", "norm_added_k.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-def tiny_pixart_alpha_diffusers(seed: int = 0):
-    """PixArt-α: the tiny PixArt-Σ layout with resolution / aspect-ratio micro-conditions (ComfyUI reads
-    ``ar_embedder`` → ``pixart_alpha``, ``micro_condition``). The size embedders get non-trivial output layers."""
-    from diffusers import PixArtTransformer2DModel
-
-    torch.manual_seed(seed)
-    model = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                     num_layers=1, cross_attention_dim=1152, caption_channels=4096, sample_size=64,
-                                     patch_size=2, norm_type="ada_norm_single", use_additional_conditions=True,
-                                     norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000,
-                                     interpolation_scale=1)
     return model.eval()
 
 
