@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..families import get_family
-from .config import (DEFAULT_SECTIONS, LAYER_SECTIONS, TRAINING_FREE_SECTIONS, FULL_SHAPES, LONG_CALL_SECONDS, MIN_TIMED_CALLS, SECTION_ORDER, BenchConfig,
+from .config import (LAYER_SECTIONS, TRAINING_FREE_SECTIONS, FULL_SHAPES, LONG_CALL_SECONDS, MIN_TIMED_CALLS, SECTION_ORDER, BenchConfig,
                      BenchError)
 from .environment import describe_device
 from .results import BenchResults, Row, percent

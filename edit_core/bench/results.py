@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ..families import get_family
-from .config import (BANDWIDTH_TOKENS, DEFAULT_SECTIONS, LAYER_SECTIONS, DEFAULT_TOKENS, FAMILIES, FULL_SHAPES, MODEL_RESOLUTIONS,
+from .config import (BANDWIDTH_TOKENS, LAYER_SECTIONS, DEFAULT_TOKENS, FAMILIES, FULL_SHAPES, MODEL_RESOLUTIONS,
                      SECTION_ORDER, BenchConfig, BenchError, Shapes)
 from .measure import Timing
 from .models import model_config

@@ -131,20 +131,18 @@ class Suite:
         teacher, converted = self.modules(section)
         kind = section.removeprefix("tf-")
 
-        def with_backend(call):
-            attentions = [m for m in converted.modules() if isinstance(m, (EDiTSelfAttention, MMEDiTJointAttention))]
+        attentions = [m for m in converted.modules() if isinstance(m, (EDiTSelfAttention, MMEDiTJointAttention))]
 
+        def with_backend(call):
             def factory(backend):
                 def call_with_backend():  # set on every call: backends are measured interleaved
-                    for attention in attentions:
+                    for attention in attentions:  # (none in the training-free sections: one SDPA call)
                         attention.backend = backend
                     return call()
                 return call_with_backend
             return factory
 
-        if section in TRAINING_FREE_SECTIONS:  # softmax over pooled K/V: one SDPA call whatever the backend
-            def with_backend(call):  # noqa: F811
-                return lambda backend: call
+        if section in TRAINING_FREE_SECTIONS:  # softmax over pooled K/V: the score matrix shrinks by ratio²
             text = s.text_tokens if kind == "joint" else 0
             keys = -(-grid[0] // s.kv_ratio) * -(-grid[1] // s.kv_ratio)
             state_bytes = b * heads * (tokens + text) * (keys + text) * self.elem
