@@ -4,8 +4,8 @@ The teacher and the student are one clone of the MODEL, patched by ``apply_edit`
 Apply EDiT Attention). Distillation wraps, never lives inside, those modules: each converted slot of a patched
 unit (``nodes/hosts``) is swapped for a ``TeacherForced`` wrapper holding the slot's softmax attention and its
 EDiT attention. "teacher" runs the softmax one, "student" the EDiT one, "teacher_forced" both on the same
-input (the pair, after the output projection, is recorded; the softmax output is carried on). No second copy of the model: the clone shares the
-loaded weights; the only new tensors are the adapter layers, kept in fp32 as master weights (``comfy.ops``
+input (the pair, after the output projection, is recorded; the softmax output is carried on). No second copy
+of the model: the clone shares the loaded weights; the only new tensors are the adapter layers, kept in fp32 as master weights (``comfy.ops``
 manual-cast layers cast them to the model's compute dtype on the fly).
 
 Calls go through ComfyUI's own ``BaseModel.apply_model`` (the model's wrappers, dtype casts and

@@ -28,7 +28,8 @@ import torch
 
 from ..families import (FamilyError, detect_teacher, family_for_diffusers_class, family_for_pipeline, family_title,
                         get_family, list_families)
-from ..teacher_files import TeacherError, find_teacher_files, pipeline_class, read_json, safetensors_shapes
+from ..teacher_files import (TeacherError, TeacherFiles, find_teacher_files, pipeline_class, read_json,
+                             read_teacher_shapes, safetensors_shapes)
 
 
 def _supported() -> str:
@@ -58,16 +59,9 @@ class TeacherInfo:
                 "teacher_bytes": sum(os.path.getsize(f) for f in self.weight_files)}
 
 
-_read_json = read_json
-_header = safetensors_shapes
-
-
-def _family_from_weights(files: Sequence[str], config: dict, where: str) -> str:
-    shapes: dict[str, torch.Tensor] = {}
-    for f in files:
-        shapes.update(_header(f)[0])
+def _family_from_weights(found: TeacherFiles, where: str) -> str:
     try:
-        spec = detect_teacher(shapes, num_heads=config.get("num_attention_heads"))
+        spec = detect_teacher(read_teacher_shapes(found)[0], num_heads=found.config.get("num_attention_heads"))
     except FamilyError as e:
         raise TeacherError(f"teacher '{where}': {e}; distillation supports {_supported()}") from None
     return spec.family
@@ -81,24 +75,24 @@ def inspect_teacher(path: str, teacher_config: Optional[str] = None) -> TeacherI
         raise TeacherError(f"teacher '{path}' is a {name}; distillation supports {', '.join(known)}")
     found = find_teacher_files(path)
     if found.kind == "pipeline":
-        family = _family_from_weights(found.files, found.config, path)
+        family = _family_from_weights(found, path)
         if get_family(family) not in family_for_pipeline(name):
             raise TeacherError(f"teacher '{path}' is a {name} but its weights look like {family_title(family)}")
         return TeacherInfo(path, "pipeline", family, found.config, found.files, found.scheduler_config, name)
     if found.kind == "transformer_dir":
         _check_class(found.config, path)
-        return TeacherInfo(path, "transformer_dir", _family_from_weights(found.files, found.config, path),
+        return TeacherInfo(path, "transformer_dir", _family_from_weights(found, path),
                            found.config, found.files)
-    shapes, metadata = _header(path)
+    shapes, metadata = safetensors_shapes(path)
     if teacher_config:
-        config = _read_json(teacher_config)
+        config = read_json(teacher_config)
     elif "config" in metadata:
         try:
             config = json.loads(metadata["config"])
         except json.JSONDecodeError:
             raise TeacherError(f"teacher '{path}': its 'config' metadata is not JSON") from None
     elif os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
-        config = _read_json(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"))
+        config = read_json(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"))
     else:
         raise TeacherError(f"teacher '{path}' is a single file without its diffusers config: pass --teacher-config "
                            "config.json, put config.json beside it, or give the model folder")
@@ -244,7 +238,7 @@ def read_text_embeddings(path: str, family: str, config: dict, prompt_count: int
 
     if not os.path.isfile(path):
         raise TeacherError(f"text embeddings '{path}' do not exist")
-    _header(path)
+    safetensors_shapes(path)
     t = load_file(path)
     problems = []
     embeds = t.get("prompt_embeds")

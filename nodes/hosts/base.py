@@ -5,8 +5,9 @@ weights cannot say (PixArt's head count), the patch size, and how to object-patc
 planned (block, slot) layers run the variant's attention. It returns ``{(block, slot): module}`` — the
 attention module now running in each converted slot — and knows nothing of training. A ``gate``
 (``gate(num_image_tokens) -> bool``) lets a converted slot fall back to the model's own softmax for a call
-(the training-free mode's ``min_tokens`` and sampling range); ``fill_only`` converts only slots that still
-run softmax, so conversions stack: a clone patched twice keeps the first patch's converted slots.
+(the training-free mode's ``min_tokens`` and sampling range). Patches stack: a unit that is already patched
+keeps the converted slots a new patch does not convert, and with ``fill_only`` a patch converts only slots
+that still run softmax (the training-free mode never replaces an adapter's layers).
 
 Every patched unit is an ``AttentionSlots`` module: ``slots[slot]`` is what runs in a slot,
 ``softmax_slots[slot]`` is the model's own softmax attention for it (used for slots that are not
