@@ -26,6 +26,17 @@ class TinyModel:
     finetuned_adapter_file: str
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is about as fast, and immune to other processes competing for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def comfy_env(tmp_path_factory):
     comfyui_dir = os.environ.get("COMFYUI_DIR")

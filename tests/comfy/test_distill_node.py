@@ -37,13 +37,7 @@ def _prompts(*seeds, length=8):
     return [first] + entries[1:]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to other processes competing for the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/comfy/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -75,13 +75,7 @@ def planned_layers(family: str) -> list:
     return sorted([(b, "attn") for b in range(facts["blocks"])] + [(b, "attn2") for b in facts["attn2"]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is about as fast, and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/comfy/conftest.py)
 
 
 @pytest.fixture(params=list(FAMILIES))
