@@ -86,6 +86,11 @@ def cmd_init_adapter(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .adapter import adapter_summary, load_adapter
 
+    if os.path.isdir(args.file):
+        found = sorted(n for n in os.listdir(args.file) if n.endswith(".safetensors"))
+        hint = f" (it holds {', '.join(found[:5])}{', …' if len(found) > 5 else ''})" if found else ""
+        raise CommandError(f"'{args.file}' is a folder, not an adapter file{hint}: give the adapter's "
+                           ".safetensors file")
     print(adapter_summary(load_adapter(args.file)))
     return EXIT_OK
 

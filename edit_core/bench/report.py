@@ -122,9 +122,15 @@ def format_row(row: Row, references: Optional[dict] = None) -> str:
 
 
 def _timing_text(config: BenchConfig) -> str:
-    return (f"median of {config.repeats} after {config.warmup} warm-up (none where a call is estimated > "
-            f"{LONG_CALL_SECONDS:g} s; at most {config.case_seconds:g} s of timed calls per contender and case, "
-            f"never fewer than {MIN_TIMED_CALLS})")
+    """How many calls are timed, as ``planning.call_counts`` decides: only the clauses that can apply."""
+    rules = []
+    if config.warmup > 0:
+        rules.append(f"no warm-up where a call is estimated > {LONG_CALL_SECONDS:g} s")
+    if config.repeats > MIN_TIMED_CALLS:  # at or below it the time cap never cuts a call
+        rules.append(f"at most {config.case_seconds:g} s of timed calls per contender and case, never fewer "
+                     f"than {MIN_TIMED_CALLS} calls")
+    text = f"median of {config.repeats} after {config.warmup} warm-up"
+    return f"{text} ({'; '.join(rules)})" if rules else text
 
 
 def _budget_text(config: BenchConfig) -> str:

@@ -209,3 +209,15 @@ def test_model_flops_match_torch_flop_counter_on_an_odd_grid(family, edit):
     with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping={cpu_sdpa: _cpu_sdpa_flops}) as counter:
         model(**inputs)
     assert bench.model_flops(family, config, (9, 9), 5, edit=edit) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("repeats, warmup, says, never_says", [
+    (1, 0, "median of 1 after 0 warm-up", ("never fewer", "no warm-up where")),
+    (3, 1, "no warm-up where a call is estimated", ("never fewer",)),
+    (30, 10, "never fewer than 3 calls", ()),
+])
+def test_header_states_only_the_timing_rules_that_apply(repeats, warmup, says, never_says):
+    from edit_core.bench.report import _timing_text
+
+    text = _timing_text(bench.BenchConfig(repeats=repeats, warmup=warmup))
+    assert says in text and not any(s in text for s in never_says)

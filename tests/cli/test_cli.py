@@ -270,3 +270,10 @@ def test_init_adapter_refuses_a_folder_that_is_not_a_model(capsys, tmp_path):
     assert code == 2
     assert "neither model_index.json" in err and "give the .safetensors file" in err
     assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_inspect_a_folder_says_it_is_a_folder(capsys, tmp_path):
+    (tmp_path / "mine.safetensors").write_bytes(b"")
+    code, _, err = run(capsys, "inspect", str(tmp_path))
+    assert code == 2
+    assert "is a folder, not an adapter file" in err and "mine.safetensors" in err and "no such file" not in err
