@@ -156,6 +156,8 @@ def init_adapter_from_teacher(state_dict: Mapping[str, torch.Tensor], family: Op
     variant = variant or spec.record.default_variant
     if not get_variant(variant).converts(spec.record):
         raise ValueError(f"variant {variant!r} does not convert {spec.title}")
+    if not get_variant(variant).trainable:
+        raise ValueError(f"variant {variant!r} is training-free: it has no adapter (use the training-free mode)")
     if eta not in ETA_MODES:
         raise ValueError(f"eta must be one of {ETA_MODES}, got {eta!r}")
     if spec.hidden_size % reduction:
@@ -300,6 +302,14 @@ def read_safetensors_metadata(path: str) -> dict[str, str]:
     return _read_header(os.fspath(path))[1]
 
 
+def read_adapter_config(path: str) -> tuple[AdapterConfig, dict]:
+    """(config, tensor entries {name: {dtype, shape, data_offsets}}) of an adapter file from its header alone:
+    no tensor is loaded, nothing is unpickled. Raises AdapterError naming the file and each problem."""
+    path = os.fspath(path)
+    header, metadata = _read_header(path)
+    return _parse_config(path, metadata), header
+
+
 def adapter_from_state(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str) -> Adapter:
     """Build and validate an Adapter from tensors and metadata read elsewhere (e.g. the ``edit_adapter.``
     part of an EDiT checkpoint). Raises AdapterError naming ``source``."""
@@ -348,5 +358,5 @@ def adapter_summary(adapter: Adapter) -> str:
 
 
 __all__ = ["Adapter", "AdapterConfig", "AdapterError", "init_adapter_from_teacher", "save_adapter", "load_adapter",
-           "read_safetensors_metadata", "adapter_from_state",
+           "read_safetensors_metadata", "read_adapter_config", "adapter_from_state",
            "validate_tensors", "adapter_summary", "FORMAT", "FORMAT_VERSION", "FINETUNE_NAMES"]

@@ -92,7 +92,7 @@ def plan_conversion(adapter: Adapter, spec: TeacherSpec, *, start_block: int = 0
     return ConversionPlan(adapter, spec, family, variant, layers, eta, backend)
 
 
-def plan_training_free(spec: TeacherSpec, *, start_block: int = 0, end_block: int = -1, variant: str = "kv_compress",
+def plan_training_free(spec: TeacherSpec, *, start_block: int = 0, end_block: int = -1, variant: str = "kv_pool",
                        backend: str = "auto") -> ConversionPlan:
     """Every attention slot of the model's blocks in range (the joint/self attention, and MMDiT-X's ``attn2``),
     converted by a training-free variant (no adapter)."""
@@ -100,7 +100,7 @@ def plan_training_free(spec: TeacherSpec, *, start_block: int = 0, end_block: in
     chosen = get_variant(variant)
     if chosen.trainable:
         raise ValueError(f"variant {variant!r} needs trained weights; the training-free mode takes a variant without "
-                         "weights such as 'kv_compress'")
+                         "weights such as 'kv_pool'")
     if not chosen.converts(family):
         raise ValueError(f"variant {variant!r} cannot convert {family.title}")
     start, end = block_range(spec.num_blocks, start_block, end_block)

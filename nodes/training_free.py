@@ -2,7 +2,7 @@
 on a clone, through the family's host patcher, with no adapter.
 
 Which slots convert is ``edit_core.conversion.plan_training_free``'s answer; each converted slot runs the
-``kv_compress`` variant behind a ``SamplingGate``: a call whose image has fewer than ``min_tokens`` tokens,
+``kv_pool`` variant behind a ``SamplingGate``: a call whose image has fewer than ``min_tokens`` tokens,
 or whose σ lies outside the ``start_percent``..``end_percent`` range (ComfyUI's sigma-percent convention,
 read by an ``APPLY_MODEL`` wrapper), runs the model's own attention unchanged. Slots an EDiT adapter
 already converted are left to it; Apply EDiT Attention after this node takes over the slots it converts.

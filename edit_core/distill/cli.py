@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--init-adapter", default=None, metavar="FILE",
       help="start from this adapter instead of the teacher-derived init")
     a("--reduction", type=int, default=4, help="ConvFusion reduction r of a new adapter")
+    a("--variant", default=None, metavar="NAME",
+      help="attention variant of a new adapter (default: the family's, edit / mm_edit); the paper's baselines: "
+           "sana, linfusion, edit_no_convfusion, kv_compress (PixArt), mm_linear, kv_compress (SD3)")
     a("--no-attn2", action="store_true", help="SD3.5-M: keep the dual-attention attn2 layers softmax")
     a("--images", default=None, metavar="DIR", help="train on these images (VAE-encoded; captions from NAME.txt) "
                                                     "instead of teacher samples; enables the task loss")
@@ -177,6 +180,24 @@ def _numbers(args) -> None:
         raise DistillCommandError("--lr must be positive")
 
 
+def _check_variant(args, info, init_adapter) -> None:
+    from ..families import get_family
+    from ..variants import get_variant, list_variants
+
+    if args.variant is None:
+        return
+    if init_adapter is not None:
+        if init_adapter.config.variant != args.variant:
+            raise DistillCommandError(f"--variant {args.variant} but --init-adapter is a {init_adapter.config.variant} "
+                                      "adapter; leave one out")
+        return
+    family = get_family(info.family)
+    usable = [v for v in list_variants() if get_variant(v).trainable and get_variant(v).converts(family)]
+    if args.variant not in usable:
+        raise DistillCommandError(f"--variant {args.variant!r} cannot be distilled for {family.title}; choose one of "
+                                  f"{', '.join(usable)}")
+
+
 def _sha256(texts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
@@ -257,6 +278,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
         if not list_images(args.images)[0]:
             raise DistillCommandError(f"--images '{args.images}' has no .png/.jpg/.webp images")
     init_adapter = load_adapter(args.init_adapter, expect_family=info.family) if args.init_adapter else None
+    _check_variant(args, info, init_adapter)
     device = args.device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistillCommandError("--device cuda, but torch sees no CUDA GPU")
@@ -290,7 +312,7 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
         init_adapter.check_compatible(_spec_of(teacher.transformer))
     host = DiffusersDistillHost(teacher.transformer, init_adapter, train_projections=args.train_projections,
                                 dtype=dtype, attn2="off" if args.no_attn2 else "adapter",
-                                reduction=args.reduction, seed=args.seed)
+                                reduction=args.reduction, seed=args.seed, variant=args.variant)
     schedule = schedule_for(host.family, info.scheduler_config)
     shift = args.flow_shift if args.flow_shift is not None else float(info.scheduler_config.get("shift", 3.0))
 

@@ -68,12 +68,13 @@ class DiffusersDistillHost(SwitchedHost):
 
     ``adapter``: the starting adapter (default: ``init_adapter_from_teacher``). ``train_projections``:
     also train the converted attentions' own q/k/v/out (and SD3.5 text-stream and qk-norm) tensors,
-    exported under canonical fine-tune names. ``dtype``: the frozen teacher's storage and autocast
+    exported under canonical fine-tune names. ``variant``: the new adapter's attention variant (default: the
+    family's). ``dtype``: the frozen teacher's storage and autocast
     dtype (trainable tensors stay fp32)."""
 
     def __init__(self, transformer: nn.Module, adapter: Optional[Adapter] = None, *, train_projections: bool = False,
                  dtype: Optional[torch.dtype] = None, backend: str = "auto", attn2: str = "adapter",
-                 reduction: int = 4, seed: int = 0):
+                 reduction: int = 4, seed: int = 0, variant: Optional[str] = None):
         if not isinstance(transformer, transformer_classes()):
             raise TypeError(f"distillation supports diffusers "
                             f"{' and '.join(c.__name__ for c in transformer_classes())}, not "
@@ -89,7 +90,7 @@ class DiffusersDistillHost(SwitchedHost):
         spec = detect_teacher(transformer.state_dict(), num_heads=heads)
         if adapter is None:
             adapter = init_adapter_from_teacher(transformer.state_dict(), num_heads=heads, reduction=reduction,
-                                                convert_attn2=attn2 != "off", seed=seed)
+                                                convert_attn2=attn2 != "off", seed=seed, variant=variant)
         self.family = spec.family
         self.prediction = spec.record.prediction
         self.latent_channels = int(transformer.config.in_channels)
@@ -122,7 +123,7 @@ class DiffusersDistillHost(SwitchedHost):
                     paths[canonical + "."] = projection_module_path(spec, block, slot, canonical)
                     modules.append((canonical + ".", _projection(attention, paths[canonical + "."])))
             for key_prefix, module in modules:
-                if module is None:
+                if module is None or next(module.parameters(), None) is None:  # (sana / mm_linear add no tensors)
                     continue
                 path = f"{name}.{paths[key_prefix]}"
                 self._dtypes[path] = next(module.parameters()).dtype

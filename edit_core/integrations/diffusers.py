@@ -260,7 +260,7 @@ def apply_edit(transformer: nn.Module, adapter: Adapter, *, backend: str = "auto
 
 def apply_training_free(transformer: nn.Module, ratio: int = 2, min_tokens: int = 0,
                         blocks: Optional[tuple[int, int]] = None, temperature: str = "teacher") -> nn.Module:
-    """Training-free fast attention, in place: softmax over r×r-pooled image keys/values (``kv_compress``) in
+    """Training-free fast attention, in place: softmax over r×r-pooled image keys/values (``kv_pool``) in
     every attention slot of ``blocks`` (inclusive (start, end); None: all), for calls whose image has at least
     ``min_tokens`` tokens (smaller ones run the original processors, bit-identically). Undo with ``remove_edit``."""
     from ..modules.kv_compression import KVCompression

@@ -1,4 +1,4 @@
-"""The ``kv_compress`` variant's attention: PixArt-Σ-style KV compression on the teacher's own projections.
+"""The ``kv_pool`` variant's attention: PixArt-Σ-style KV compression on the teacher's own projections.
 
 ``KVCompression`` is its per-layer module: it holds the pooling ratio and the temperature rule and has no
 weights, so the variant runs with no training (``EDiTTrainingFree``, ``apply_training_free``). Self-attention

@@ -7,10 +7,18 @@ families, how a converted joint attention computes (``joint_attention``). Adapte
 trainer only ever talk to this interface, so a new variant (SANA-style ReLU linear attention,
 LinFusion, PixArt-Σ KV compression, fully linear MM-DiT, …) is one module plus ``register_variant``.
 
-Registered now: ``edit`` (EDiT linear compressed attention, PixArt families), ``mm_edit`` (MM-EDiT
-hybrid joint attention with EDiT on the image-only ``attn2`` layers, MMDiT families) and ``kv_compress``
-(PixArt-Σ's KV compression: softmax over pooled image keys/values; no weights, training-free, all families). Which families a
-variant converts follows from whether it has a joint attention; each family names its default variant.
+Registered now:
+
+- ``edit`` (EDiT linear compressed attention, PixArt families) and ``mm_edit`` (MM-EDiT hybrid joint
+  attention with EDiT on the image-only ``attn2`` layers, MMDiT families): the pack's own;
+- the paper's baselines, distillable like EDiT (``edit_core.modules.baselines``): ``sana`` (ReLU linear
+  attention), ``linfusion`` (LinFusion's q/k mappings, ELU+1), ``edit_no_convfusion`` (the ablation),
+  ``kv_compress`` (PixArt-Σ's learned KV compression, all families) and ``mm_linear`` (fully linear joint
+  attention, MMDiT families);
+- ``kv_pool``: the training-free mode (softmax over r×r average-pooled image keys/values; no weights).
+
+Which families a variant converts follows from whether it has a joint attention; each family names its
+default variant.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from ..modules import baselines
 from ..modules.functional import edit_self_attention, mm_edit_joint_attention
 from ..modules.kv_compression import KVCompression, kv_compressed_joint, kv_compressed_self_attention
 from ..modules.layer_adapter import EDiTLayerAdapter
@@ -76,8 +85,31 @@ register_variant(AttentionVariant(
     self_attention=edit_self_attention, joint_attention=mm_edit_joint_attention))
 
 register_variant(AttentionVariant(
-    name="kv_compress", title="KV compression (softmax over pooled keys/values, training-free)", joint=None,
+    name="kv_pool", title="KV pooling (softmax over r×r-pooled keys/values, training-free)", joint=None,
     build_layer=KVCompression, self_attention=kv_compressed_self_attention, joint_attention=kv_compressed_joint,
     trainable=False))
+
+# The paper's baselines (paper-spec §5).
+register_variant(AttentionVariant(
+    name="sana", title="SANA ReLU linear attention", joint=False, build_layer=baselines.NoWeights,
+    self_attention=baselines.sana_self_attention))
+
+register_variant(AttentionVariant(
+    name="linfusion", title="LinFusion linear attention (q/k mappings, ELU+1)", joint=False,
+    build_layer=baselines.LinFusionLayer, self_attention=baselines.linfusion_self_attention))
+
+register_variant(AttentionVariant(
+    name="edit_no_convfusion", title="EDiT without ConvFusion (ablation)", joint=False,
+    build_layer=baselines.CompressorsOnly, self_attention=baselines.edit_no_convfusion_self_attention))
+
+register_variant(AttentionVariant(
+    name="kv_compress", title="PixArt-Σ KV compression (learned 2×2 depthwise conv + LayerNorm, softmax)",
+    joint=None, build_layer=baselines.LearnedKVCompression, self_attention=baselines.learned_kv_self_attention,
+    joint_attention=baselines.learned_kv_joint_attention))
+
+register_variant(AttentionVariant(
+    name="mm_linear", title="Fully linear joint attention (SANA-MM-DiT)", joint=True,
+    build_layer=baselines.NoWeights, self_attention=baselines.sana_self_attention,
+    joint_attention=baselines.mm_linear_joint_attention))
 
 __all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants"]

@@ -153,3 +153,19 @@ def test_importing_the_ops_does_not_import_triton():
     root = __file__.rsplit("/tests/", 1)[0]
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
     assert result.stdout.strip() == "False"
+
+
+def test_the_state_stays_fp32_under_autocast():
+    """Autocast must not cast the fp32 state matmuls back to bf16 (issue 11: training fell back to a bf16 state)."""
+    from edit_core.ops.linear_attention.torch_impl import linear_attention_state, linear_attention_torch
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.rand(1, 2, 37, 16, generator=g), torch.rand(1, 2, 37, 16, generator=g)
+    v = torch.randn(1, 2, 37, 16, generator=g) + 3.0  # an offset makes bf16 rounding of the state visible
+    expected = naive_linear_attention(q.double(), k.double(), v.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state, normaliser = linear_attention_state(k, v)
+        out = linear_attention_torch(q, k, v)
+    assert state.dtype == torch.float32 and normaliser.dtype == torch.float32
+    assert out.dtype == torch.float32
+    assert (out.double() - expected).abs().max() < 1e-5

@@ -4,18 +4,33 @@
 
 The state and the division are fp32 whatever the input dtype: at 262k tokens a bf16/fp16 sum of
 products overflows or loses all precision. Inputs are converted to fp32 one chunk at a time, so the
-fp32 temporaries are bounded by the chunk, not by N.
+fp32 temporaries are bounded by the chunk, not by N. Autocast is switched off around these matmuls:
+under ``torch.autocast`` a ``.float()`` operand would otherwise be cast straight back to bf16/fp16.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+def fp32_region(t: torch.Tensor):
+    """A context in which matmuls on ``t``'s device stay in the dtype of their operands (autocast off)."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 CHUNK_TOKENS = 16384
 
 
 def linear_attention_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k [B, H, M, D], v [B, H, M, Dv] → (S [B, H, D, Dv], z [B, H, D]) in fp32."""
+    """k [B, H, M, D], v [B, H, M, Dv] → (S [B, H, D, Dv], z [B, H, D]) in fp32 (also under autocast)."""
+    with fp32_region(k):
+        return _state(k, v)
+
+
+def _state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     state = None
     normaliser = None
     for start in range(0, k.shape[-2], CHUNK_TOKENS):
@@ -30,7 +45,13 @@ def linear_attention_state(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tens
 
 def linear_attention_apply(q: torch.Tensor, state: torch.Tensor, normaliser: torch.Tensor,
                            eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-    """q [B, H, N, D] with the fp32 state → [B, H, N, Dv] in ``out_dtype``."""
+    """q [B, H, N, D] with the fp32 state → [B, H, N, Dv] in ``out_dtype`` (fp32 math also under autocast)."""
+    with fp32_region(q):
+        return _apply(q, state, normaliser, eps, out_dtype)
+
+
+def _apply(q: torch.Tensor, state: torch.Tensor, normaliser: torch.Tensor, eps: float,
+           out_dtype: torch.dtype) -> torch.Tensor:
     def rows(q_chunk: torch.Tensor) -> torch.Tensor:
         q_chunk = q_chunk.float()
         return ((q_chunk @ state) / ((q_chunk @ normaliser.unsqueeze(-1)) + eps)).to(out_dtype)
