@@ -40,6 +40,7 @@ def load_node_classes() -> list[type[io.ComfyNode]]:
     from .model_folder import register_model_folder
 
     register_model_folder()
+    _register_routes()
     classes = []
     for module_name, class_names in NODE_MODULES.items():
         try:
@@ -57,6 +58,16 @@ def load_node_classes() -> list[type[io.ComfyNode]]:
             else:
                 log.error("ComfyUI-EDiT: nodes/%s.py defines no %s", module_name, name)
     return classes
+
+
+def _register_routes() -> None:
+    """The graph editor's routes (nodes/routes.py); a failure costs only the editor's extras, never the nodes."""
+    try:
+        from .routes import register_routes
+
+        register_routes()
+    except Exception:  # noqa: BLE001
+        log.exception("ComfyUI-EDiT: the graph editor's routes (/edit/...) are disabled")
 
 
 class EDiTExtension(ComfyExtension):

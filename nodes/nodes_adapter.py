@@ -5,7 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..edit_core.adapter import load_adapter
-from .apply import ATTN2_CHOICES, BACKENDS, ETA_CHOICES, apply_edit
+from .apply import ATTACHMENT_KEY, ATTN2_CHOICES, BACKENDS, ETA_CHOICES, apply_edit
+from .events import APPLY_EVENT, send_event
 from .io_types import EDiTAdapterType
 from .model_folder import adapter_files, adapter_path
 
@@ -76,5 +77,20 @@ class EDiTApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, adapter, backend: str = "auto", eta: str = "adapter default",
                 convert_attn2: str = "adapter default", start_block: int = 0, end_block: int = -1) -> io.NodeOutput:
-        return io.NodeOutput(apply_edit(model, adapter, backend=backend, eta=eta, convert_attn2=convert_attn2,
-                                        start_block=start_block, end_block=end_block))
+        try:
+            patched = apply_edit(model, adapter, backend=backend, eta=eta, convert_attn2=convert_attn2,
+                                 start_block=start_block, end_block=end_block)
+        except ValueError as e:  # a mismatched adapter or an unsupported model: say so on the node too
+            send_event(APPLY_EVENT, apply_report(adapter, None, "; ".join(getattr(e, "problems", ())) or str(e)))
+            raise
+        send_event(APPLY_EVENT, apply_report(adapter, patched.get_attachment(ATTACHMENT_KEY), None))
+        return io.NodeOutput(patched)
+
+
+def apply_report(adapter, applied, error) -> dict:
+    """The ``edit.apply`` event: the adapter's and the model's family, or the error that refused them."""
+    report = {"ok": error is None, "adapter_family": adapter.config.family, "adapter_title": adapter.config.title}
+    if error is not None:
+        return {**report, "error": error}
+    return {**report, "model_family": applied.spec.family, "model_title": applied.spec.title,
+            "layers": len(applied.config.layers())}

@@ -22,6 +22,7 @@ from ..edit_core.distill.sampling import sample_teacher
 from ..edit_core.distill.trainer import DistillConfig, DistillError, Trainer
 from .apply import BACKENDS, compute_dtype
 from .distill_host import ComfyDistillHost
+from .events import DISTILL_EVENT, distill_progress, send_event
 from .io_types import EDiTAdapterType
 from .model_folder import register_model_folder
 
@@ -161,6 +162,7 @@ class _Progress:
 
     def step(self, step: int, total: int, values: dict) -> None:
         self.history.append({k: values.get(k) for k in ("step", "loss", "loss_feature", "loss_kd", "lr")})
+        send_event(DISTILL_EVENT, distill_progress(step, total, values))  # the node's live loss curve
         rate = values.get("steps_per_s")
         if step == total or time.monotonic() - self._last_text >= TEXT_EVERY_S:
             self._last_text = time.monotonic()
