@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..ops import hybrid_joint_attention, linear_attention
+from ..ops import hybrid_joint_attention_streams, linear_attention
 from .layer_adapter import EDiTLayerAdapter
 from .tokens import merge_heads, split_heads
 
@@ -65,23 +65,23 @@ def mm_edit_joint_attention(layer: EDiTLayerAdapter, image: torch.Tensor, text: 
     """MM-EDiT hybrid joint attention of an image stream [B, N_I, C] and a text stream [B, N_T, C].
 
     Returns (image rows [B, N_I, C], text rows [B, N_T, C] or None with ``image_rows_only``), before the
-    two output projections. Softmax branches use the teacher's plain, uncompressed, qk-normed q/k/v."""
-    num_text = text.shape[1]
+    two output projections. Softmax branches use the teacher's plain, uncompressed, qk-normed q/k/v.
+    Memory: the streams are never concatenated (``hybrid_joint_attention_streams``), and each image-sized
+    intermediate is dropped as soon as its last use is done (the compressed K/V before the plain keys are
+    normed, the plain projections once normed)."""
     keys_image, values_image = image_proj.key(image), image_proj.value(image)
-    q_image = _norm(image_proj.norm_query, split_heads(image_proj.query(image), heads))
+    linear_k, linear_v = compressed_key_value(layer, keys_image, values_image, grid, heads, image_proj.norm_key)
     k_image = _norm(image_proj.norm_key, split_heads(keys_image, heads))
     v_image = split_heads(values_image, heads)
+    del keys_image, values_image  # (still alive as k_image / v_image where those are views)
+    linear_q = conv_fusion_query(layer, image, grid, image_proj, heads)
+    q_image = _norm(image_proj.norm_query, split_heads(image_proj.query(image), heads))
     q_text = _norm(text_proj.norm_query, split_heads(text_proj.query(text), heads))
     k_text = _norm(text_proj.norm_key, split_heads(text_proj.key(text), heads))
     v_text = split_heads(text_proj.value(text), heads)
 
-    linear_q = conv_fusion_query(layer, image, grid, image_proj, heads)
-    linear_k, linear_v = compressed_key_value(layer, keys_image, values_image, grid, heads, image_proj.norm_key)
-
-    joint = hybrid_joint_attention(torch.cat([q_text, q_image], dim=2), torch.cat([k_text, k_image], dim=2),
-                                   torch.cat([v_text, v_image], dim=2), linear_q, linear_k, linear_v,
-                                   num_text=num_text, text_first=True, eta=eta, image_rows_only=image_rows_only,
-                                   eps=eps, backend=backend)
-    if image_rows_only:
-        return merge_heads(joint), None
-    return merge_heads(joint[:, :, num_text:]), merge_heads(joint[:, :, :num_text])
+    image_rows, text_rows = hybrid_joint_attention_streams(q_text, k_text, v_text, q_image, k_image, v_image,
+                                                           linear_q, linear_k, linear_v, eta=eta,
+                                                           image_rows_only=image_rows_only, eps=eps,
+                                                           backend=backend)
+    return merge_heads(image_rows), (None if text_rows is None else merge_heads(text_rows))

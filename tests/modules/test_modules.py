@@ -160,3 +160,44 @@ def test_operations_namespace_is_used():
 
     EDiTSelfAttention(64, 4, operations=Ops, dtype=torch.float64)
     assert calls.count("Linear") == 4 and calls.count("Conv2d") == 4
+
+
+def test_mm_edit_joint_attention_never_builds_a_joint_sized_tensor():
+    """Text and image rows come from the two streams directly: no tensor as large as the [text; image]
+    concatenation of q, k, v or of the joint output exists at any point (what drove the peak at 65k tokens)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    n_image, n_text, width = 20 * 24, 11, 64
+    attn = _perturb(MMEDiTJointAttention(width, 4), seed=5)
+    image, text = torch.randn(1, n_image, width), torch.randn(1, n_text, width)
+    largest = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor):
+                    largest.append((t.numel(), str(func)))
+            return out
+
+    with torch.no_grad(), Sizes():
+        attn(image, text, (20, 24))
+    numel, func = max(largest)
+    assert numel < (n_image + n_text) * width, f"{func} made a joint-sized tensor"
+
+
+@pytest.mark.parametrize("eta", ["approx", "exact"])
+def test_hybrid_streams_match_the_joint_form_and_reference(eta):
+    from edit_core.ops import hybrid_joint_attention_streams, naive_hybrid_joint_attention
+
+    g = torch.Generator().manual_seed(3)
+    b, h, n_t, n_i, m, d = 2, 3, 7, 35, 12, 16
+    q, k, v = (torch.randn(b, h, n_t + n_i, d, generator=g, dtype=torch.float64) for _ in range(3))
+    lin = (torch.randn(b, h, n_i, d, generator=g, dtype=torch.float64).relu(),
+           torch.randn(b, h, m, d, generator=g, dtype=torch.float64).relu(),
+           torch.randn(b, h, m, d, generator=g, dtype=torch.float64))
+    image_rows, text_rows = hybrid_joint_attention_streams(q[:, :, :n_t], k[:, :, :n_t], v[:, :, :n_t],
+                                                           q[:, :, n_t:], k[:, :, n_t:], v[:, :, n_t:], *lin, eta=eta)
+    expected = naive_hybrid_joint_attention(q, k, v, *lin, num_text=n_t, text_first=True, eta=eta)
+    assert rel_rmse(text_rows, expected[:, :, :n_t]) <= 1e-12
+    assert rel_rmse(image_rows, expected[:, :, n_t:]) <= 1e-6  # the blend runs in fp32 by design

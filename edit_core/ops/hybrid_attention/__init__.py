@@ -9,15 +9,21 @@ Z_softmax) from the two branches' own normalisers (an ablation; the scales are n
 
 Token order is given by ``text_first`` (ComfyUI concatenates [text, image], diffusers [image, text]).
 ``image_rows_only`` skips the text rows (SD3's last block discards them).
+
+``hybrid_joint_attention_streams`` takes the text and image q/k/v as separate tensors and returns the two
+row sets separately: the form hosts use, since it never materialises the [text; image] concatenation
+(3 joint q/k/v copies and a joint output, each as large as the image stream).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from .. import backends
 from .naive import naive_hybrid_joint_attention
-from .torch_impl import hybrid_joint_attention_torch
+from .torch_impl import hybrid_joint_attention_streams_torch, hybrid_joint_attention_torch
 
 OP_NAME = "hybrid_joint_attention"
 ETA_MODES = ("approx", "exact")
@@ -54,4 +60,31 @@ def hybrid_joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               image_rows_only=image_rows_only, eps=eps, **kwargs)
 
 
-__all__ = ["hybrid_joint_attention", "naive_hybrid_joint_attention", "ETA_MODES", "OP_NAME"]
+def hybrid_joint_attention_streams(q_text: torch.Tensor, k_text: torch.Tensor, v_text: torch.Tensor,
+                                   q_image: torch.Tensor, k_image: torch.Tensor, v_image: torch.Tensor,
+                                   linear_q: torch.Tensor, linear_k: torch.Tensor, linear_v: torch.Tensor, *,
+                                   eta: str = "approx", image_rows_only: bool = False, eps: float = 1e-6,
+                                   backend: str = "auto") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The same attention on separate streams: q/k/v_text [B, H, N_T, D], q/k/v_image [B, H, N_I, D] (softmax
+    branch, after qk-norm), linear_* as in ``hybrid_joint_attention``. Returns (image rows [B, H, N_I, D],
+    text rows [B, H, N_T, D] or None with ``image_rows_only``). ``backend`` picks the linear-attention
+    backend (the blend itself is torch)."""
+    if eta not in ETA_MODES:
+        raise ValueError(f"eta must be one of {ETA_MODES}, got {eta!r}")
+    shapes = [tuple(t.shape) for t in (q_text, k_text, v_text, q_image, k_image, v_image)]
+    if any(len(s) != 4 for s in shapes) or q_text.shape != k_text.shape or q_image.shape != k_image.shape \
+            or k_text.shape[:3] != v_text.shape[:3] or k_image.shape[:3] != v_image.shape[:3] \
+            or q_text.shape[:2] != q_image.shape[:2]:
+        raise ValueError(f"hybrid_joint_attention_streams expects q/k/v_text [B, H, N_T, D] and q/k/v_image "
+                         f"[B, H, N_I, D]; got {shapes}")
+    if q_image.shape[-2] < 1:
+        raise ValueError("hybrid_joint_attention_streams needs at least one image token")
+    if linear_q.shape[-2] != q_image.shape[-2]:
+        raise ValueError(f"linear_q has {linear_q.shape[-2]} rows but there are {q_image.shape[-2]} image tokens")
+    return hybrid_joint_attention_streams_torch(q_text, k_text, v_text, q_image, k_image, v_image, linear_q,
+                                                linear_k, linear_v, eta=eta, image_rows_only=image_rows_only,
+                                                eps=eps, linear_backend=backend)
+
+
+__all__ = ["hybrid_joint_attention", "hybrid_joint_attention_streams", "naive_hybrid_joint_attention", "ETA_MODES",
+           "OP_NAME"]
