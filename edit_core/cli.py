@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixart_sigma (or pixart) = op, layer and block sections; sd35_medium (or sd35) = the "
                         "joint-attention section; in op-bw and model, which models' heads / transformers")
     p.add_argument("--sections", default=None,
-                   help="these sections: op, layer, joint, block (the default), op-bw, model, e.g. --sections "
-                        "op-bw,model")
+                   help="these sections: op, layer, joint, block, tf-layer, tf-joint, tf-block (the default), "
+                        "memory (peak memory of one EDiT layer call per token count, no teacher), op-bw, model, "
+                        "e.g. --sections op-bw,model")
     p.add_argument("--bw-tokens", default=None,
                    help="op-bw token counts, perfect squares (default: 4096,16384,65536,262144; --tiny: 64,256)")
     p.add_argument("--resolutions", default=None,

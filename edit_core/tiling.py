@@ -71,13 +71,28 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def plan_tiles(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile_h: int, tile_w: int, overlap: int,
+               min_side_sum: int = 0) -> list[Tile]:
     """Row-major tiles covering a ``height × width`` latent exactly (see ``axis_starts``).
 
     Every tile has the same size ``(min(tile_h, height), min(tile_w, width))``, so all of them can be
-    stacked in one batch; every latent pixel lies in at least one tile.
+    stacked in one batch; every latent pixel lies in at least one tile. ``min_side_sum``: a model that
+    needs ``h + w`` of at least this (PixArt's positional embedding) gets tiles grown to it where one side
+    was clamped to a thin latent (the wide side first); a latent smaller than that is refused.
     """
     th, tw = min(tile_h, height), min(tile_w, width)
+    if th + tw < min_side_sum:
+        if height + width < min_side_sum:
+            raise ValueError(f"a {height}×{width} latent is too small for this model: its height + width must "
+                             f"be at least {min_side_sum} latent px")
+        deficit = min_side_sum - th - tw  # ≤ the room left on both axes together
+        if width - tw >= height - th:
+            grow = min(deficit, width - tw)
+            tw, th = tw + grow, th + deficit - grow
+        else:
+            grow = min(deficit, height - th)
+            th, tw = th + grow, tw + deficit - grow
+        tile_h, tile_w = th, tw
     rows = axis_starts(height, tile_h, overlap)
     cols = axis_starts(width, tile_w, overlap)
     return [Tile(y, x, th, tw) for y in rows for x in cols]

@@ -28,8 +28,11 @@ from comfy_api.latest import io
 from ..edit_core import tiling
 
 WRAPPER_KEY = "edit_tiled_diffusion"
-# latent px: PixArt computes pe_interpolation = round(((H+W)//2) / 64), 0 at ≤ 32 → ZeroDivisionError
+# latent px: PixArt computes pe_interpolation = round(((H+W)//2) / 64), 0 when (H+W)//2 ≤ 32 →
+# ZeroDivisionError. So a tile needs H + W ≥ 66; a requested side is at least 34 (34 + 34 ≥ 66) and a side
+# clamped to a thin latent is made up for by the other (``tiling.plan_tiles``'s ``min_side_sum``).
 PIXART_MIN_TILE = 34
+PIXART_MIN_SIDE_SUM = 66
 MAX_TILE_PX = 16384
 
 log = logging.getLogger("ComfyUI-EDiT")
@@ -39,6 +42,11 @@ def latent_downscale(model) -> int:
     """Pixels per latent pixel: the latent format's ``spacial_downscale_ratio`` when it has one, else 8."""
     latent_format = model.get_model_object("latent_format")
     return max(1, int(getattr(latent_format, "spacial_downscale_ratio", 8) or 8))
+
+
+def min_side_sum(model) -> int:
+    """The least tile height + width (latent px) the model can run: PixArt's, else 0."""
+    return PIXART_MIN_SIDE_SUM if isinstance(model.model, comfy.model_base.PixArt) else 0
 
 
 def tile_size_limits(model) -> tuple[int, int | None, str, str]:
@@ -149,15 +157,21 @@ def _progress_callback(model_options: dict, timestep: torch.Tensor, total: int):
 class TiledDiffusionPatch:
     """Settings (latent px) and the two wrappers. Holds no tensors, so clones share it cheaply."""
 
-    def __init__(self, tile_h: int, tile_w: int, overlap: int, tile_batch_size: int, blend: str):
+    def __init__(self, tile_h: int, tile_w: int, overlap: int, tile_batch_size: int, blend: str,
+                 min_side_sum: int = 0):
         if blend not in tiling.BLEND_MODES:
             raise ValueError(f"unknown blend {blend!r}: choose one of {', '.join(tiling.BLEND_MODES)}")
         self.tile_h, self.tile_w, self.overlap = int(tile_h), int(tile_w), int(overlap)
+        self.min_side_sum = int(min_side_sum)
         self.tile_batch_size, self.blend = int(tile_batch_size), blend
         self._warned_control = False
 
     def plan(self, height: int, width: int) -> list[tiling.Tile]:
-        return tiling.plan_tiles(height, width, self.tile_h, self.tile_w, self.overlap)
+        try:
+            return tiling.plan_tiles(height, width, self.tile_h, self.tile_w, self.overlap, self.min_side_sum)
+        except ValueError as e:
+            raise ValueError(f"Tiled Diffusion (EDiT): {e} (PixArt's positional embedding divides by "
+                             "round((height + width) / 128 latent px)); use a larger image") from None
 
     def prepare_sampling(self, executor, model, noise_shape, *args, **kwargs):
         """Estimate memory for one tile batch, not the whole latent."""
@@ -213,7 +227,7 @@ def apply_tiled_diffusion(model, tile_width: int, tile_height: int, overlap: int
     for note in notes:
         log.warning("Tiled Diffusion (EDiT): %s", note)
 
-    patch = TiledDiffusionPatch(tile_h, tile_w, lat_overlap, tile_batch_size, blend)
+    patch = TiledDiffusionPatch(tile_h, tile_w, lat_overlap, tile_batch_size, blend, min_side_sum(model))
     wrappers = comfy.patcher_extension.WrappersMP
     m = model.clone()
     for kind, fn in ((wrappers.CALC_COND_BATCH, patch.calc_cond_batch),

@@ -239,3 +239,23 @@ def test_blender_refuses_uncovered_pixels():
     blender.add(Tile(0, 0, 4, 8), torch.ones(1, 1, 4, 8), torch.ones(4, 8))
     with pytest.raises(ValueError, match="32 latent pixels are covered by no tile"):
         blender.result()
+
+
+@pytest.mark.parametrize("latent, tile, expected", [
+    ((30, 200), (34, 34), (30, 36)),   # thin latent: the wide side grows so h + w reaches 66
+    ((200, 20), (34, 34), (46, 20)),
+    ((40, 40), (34, 34), (34, 34)),    # already enough: unchanged
+    ((30, 36), (16, 16), (30, 36)),    # grown to the whole latent
+])
+def test_tiles_grow_to_a_minimum_side_sum_on_thin_latents(latent, tile, expected):
+    tiles = plan_tiles(*latent, *tile, overlap=4, min_side_sum=66)
+    assert {t.size for t in tiles} == {expected}
+    covered = torch.zeros(latent, dtype=torch.bool)
+    for t in tiles:
+        t.crop(covered).fill_(True)
+    assert bool(covered.all())
+
+
+def test_a_latent_below_the_minimum_side_sum_is_refused():
+    with pytest.raises(ValueError, match=r"30×30 latent is too small.*at least 66"):
+        plan_tiles(30, 30, 34, 34, overlap=4, min_side_sum=66)

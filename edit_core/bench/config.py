@@ -19,13 +19,13 @@ BANDWIDTH_TOKENS = (4096, 16384, 65536, 262144)
 MODEL_RESOLUTIONS = (1024, 2048, 4096, 8192)
 TINY_BANDWIDTH_TOKENS = (64, 256)
 TINY_RESOLUTIONS = (128, 256, 512)
-SECTION_ORDER = ("op", "layer", "joint", "block", "tf-layer", "tf-joint", "tf-block", "op-bw", "model")
+SECTION_ORDER = ("op", "layer", "joint", "block", "tf-layer", "tf-joint", "tf-block", "memory", "op-bw", "model")
 TRAINING_FREE_SECTIONS = ("tf-layer", "tf-joint", "tf-block")
 """The training-free mode (KV compression, ratio ``Shapes.kv_ratio``) against the same softmax teacher."""
 LAYER_SECTIONS = ("op", "layer", "joint", "block") + TRAINING_FREE_SECTIONS
 """Sections timed per token count against a softmax teacher (the others per model size or bandwidth)."""
 DEFAULT_SECTIONS = LAYER_SECTIONS
-"""What runs without ``--sections``; ``op-bw`` and ``model`` run only when asked."""
+"""What runs without ``--sections``; ``memory``, ``op-bw`` and ``model`` run only when asked."""
 FAMILIES = ("pixart_sigma", "sd35_medium")
 """The benchmarked families (and the default): ``Shapes`` holds one self-attention and one joint-attention
 geometry, theirs."""
@@ -51,7 +51,7 @@ def layer_family(joint: bool) -> Family:
 def family_sections(family: str) -> tuple[str, ...]:
     """The sections that time ``family``: its attention layer (joint, or op, layer and block), op-bw, model."""
     layers = ("joint", "tf-joint") if get_family(family).joint else ("op", "layer", "block", "tf-layer", "tf-block")
-    return layers + ("op-bw", "model")
+    return layers + ("memory", "op-bw", "model")
 
 
 @dataclass(frozen=True)

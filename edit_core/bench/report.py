@@ -70,15 +70,17 @@ _MODEL_COLUMNS = (("model", 8), ("image", 11), ("tokens", 7), ("backend", 8), ("
                   ("EDiT mem", 10))
 
 
+_MEMORY_COLUMNS = (("model", 8), ("layer", 6), ("tokens", 7), ("grid", 9), ("backend", 8), ("EDiT mem", 10),
+                   ("per token", 10), ("time", 9))
 _TRAINING_FREE_COLUMNS = tuple((name.replace("EDiT", "KV-comp"), width + (3 if "EDiT" in name else 0))
                                for name, width in _COLUMNS)
-_TEXT_COLUMNS = ("model", "backend", "notes")
+_TEXT_COLUMNS = ("model", "layer", "backend", "notes")
 
 
 def _columns(section: str) -> tuple[tuple[str, int], ...]:
     if section in TRAINING_FREE_SECTIONS:
         return _TRAINING_FREE_COLUMNS
-    return {"op-bw": _BANDWIDTH_COLUMNS, "model": _MODEL_COLUMNS}.get(section, _COLUMNS)
+    return {"op-bw": _BANDWIDTH_COLUMNS, "model": _MODEL_COLUMNS, "memory": _MEMORY_COLUMNS}.get(section, _COLUMNS)
 
 
 def table_header(section: str = "op") -> str:
@@ -97,6 +99,11 @@ def _cells(row: Row, references: dict) -> list[str]:
                 row.backend, teacher, edit, speedup, _format_number(row.edit_gbps),
                 _format_percent(percent(row.edit_gbps, references.get("copy_gbps"))),
                 _format_number(row.teacher_tflops), format_bytes(row.edit.peak_bytes)]
+    if row.section == "memory":
+        peak = row.edit.peak_bytes
+        return [_model_name(row), "joint" if get_family(row.family).joint else "self", str(row.tokens),
+                row.grid.replace("x", "×"), row.backend, format_bytes(peak),
+                "—" if peak is None else f"{peak / row.tokens / 1024:.1f} KiB", edit]
     if row.section == "model":
         return [_model_name(row), f"{row.resolution}²", str(row.tokens), row.backend, teacher, edit, speedup,
                 _format_number(row.teacher_tflops), _format_number(row.edit_tflops),
@@ -107,6 +114,8 @@ def _cells(row: Row, references: dict) -> list[str]:
 
 
 def _notes(row: Row) -> str:
+    if row.section == "memory":  # no teacher by design
+        return f"skipped: {row.edit.skipped}" if row.edit.skipped else ""
     teacher = "teacher" if row.section in LAYER_SECTIONS else "SDPA"
     if row.teacher.skipped and row.teacher.skipped == row.edit.skipped:
         return f"skipped: {row.teacher.skipped}"
@@ -264,6 +273,8 @@ def require_matplotlib():
 def _plot_panels(results: BenchResults) -> list[tuple[str, Optional[str]]]:
     panels = []
     for section in [s for s in SECTION_ORDER if s in results.config.sections]:
+        if section == "memory":  # no latency to plot
+            continue
         if section in LAYER_SECTIONS:
             panels.append((section, None))
         else:

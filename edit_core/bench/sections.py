@@ -12,11 +12,13 @@ Sections (each at every token count N, on a square h×w = N token grid, batch 1 
 - ``block``: a full-width PixArt-Σ transformer block (adaLN-single modulation, self-attention,
   cross-attention to 120 caption tokens, 4× GELU MLP) with softmax vs EDiT self-attention.
 
-Run only when asked (``--sections op-bw,model``), with their own size lists:
+Run only when asked (``--sections memory,op-bw,model``); op-bw and model with their own size lists:
 
 - ``op-bw``: the same op comparison at 4096…262144 tokens for each family's heads (PixArt-Σ 16 × 72,
   SD3.5-M 24 × 64), with the linear-attention op's effective bandwidth: the bytes it must move (read q, k,
   v, write out; the D×D state is negligible) over its time, against a measured copy bandwidth.
+- ``memory``: the peak memory of one EDiT call of the ``layer`` (PixArt-Σ) and ``joint`` (SD3.5-M) modules
+  per token count, no teacher and no timing protocol: how memory grows with N.
 - ``model``: one full transformer forward with random weights, each family's diffusers transformer at its
   released config, at 1024²…8192² pixels: SDPA (the teacher) vs the same model after ``apply_edit`` with an
   initial adapter, per backend, with analytic FLOPs (``model_flops``) turned into TFLOP/s against a measured
@@ -189,6 +191,24 @@ def _run_layer_section(section: str, config: BenchConfig, suite: "Suite", result
         del case
 
 
+def _run_memory_section(section: str, config: BenchConfig, suite: "Suite", results: BenchResults):
+    """``memory``: per family and token count, the peak memory of one EDiT call of its attention layer (the
+    ``layer`` / ``joint`` sections' modules and inputs, the inputs made before measuring), no teacher."""
+    from .measure import measure
+
+    for family in config.families:
+        kind = "joint" if get_family(family).joint else "layer"
+        for tokens in config.tokens:
+            side = math.isqrt(tokens)
+            case = suite.case(kind, tokens)
+            for backend in config.backends:
+                edit = measure(case.edit(backend), config.device, warmup=0, repeats=1)
+                yield Row(section, tokens, f"{side}x{side}", backend, Timing(skipped="not run (memory section)"),
+                          edit, family=family)
+            del case
+            _release(config.device)
+
+
 def _run_bandwidth_section(section: str, config: BenchConfig, suite: "Suite", results: BenchResults):
     """``op-bw``: per family's heads and token count, SDPA over N and linear_attention over the compressed
     K/V per backend; inputs made on the device, only for contenders that run."""
@@ -303,7 +323,7 @@ def _time_model_case(model: nn.Module, switch: ProcessorSwitch, inputs: dict, pl
     return measure_planned([forward] * len(plans), plans, config, prepares=prepares)
 
 
-_SECTION_RUNNERS = {"op-bw": _run_bandwidth_section, "model": _run_model_section}
+_SECTION_RUNNERS = {"memory": _run_memory_section, "op-bw": _run_bandwidth_section, "model": _run_model_section}
 
 
 def run_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> BenchResults:

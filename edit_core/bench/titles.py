@@ -32,6 +32,9 @@ def section_titles(shapes: Shapes, tiny: Optional[bool] = None) -> dict[str, str
                     f"K/V {s.kv_ratio}×{s.kv_ratio}-pooled)",
         "tf-block": f"tf-block: {p} block as in `block`: softmax vs the training-free self-attention "
                     f"({s.kv_ratio}×{s.kv_ratio}-pooled K/V)",
+        "memory": f"memory: peak memory of one EDiT call, no teacher: {p} EDiT self-attention layer (width "
+                  f"{s.pixart_width}) and {j} MM-EDiT joint attention layer (width {s.sd35_width}, {s.text_tokens} "
+                  f"text tokens), inputs excluded",
         "op-bw": f"op-bw: linear_attention alone (q over N tokens, k/v over M≈N/4 compressed) vs SDPA over N tokens, "
                  f"{p} {s.pixart_heads}×{p_head} and {j} {s.sd35_heads}×{j_head} heads; GB/s = bytes the op "
                  f"must move (read q, k, v + write out) / time",

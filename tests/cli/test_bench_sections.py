@@ -221,3 +221,16 @@ def test_header_states_only_the_timing_rules_that_apply(repeats, warmup, says, n
 
     text = _timing_text(bench.BenchConfig(repeats=repeats, warmup=warmup))
     assert says in text and not any(s in text for s in never_says)
+
+
+def test_memory_section_measures_edit_peak_per_token_count_without_a_teacher(tmp_path):
+    json_path = tmp_path / "m.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["bench", *FAST, "--sections", "memory", "--tokens", "16,64", "--json", str(json_path)])
+    assert code == 0
+    rows = json.loads(json_path.read_text())["rows"]
+    assert {(r["family"], r["tokens"]) for r in rows} == {(f, n) for f in ("pixart_sigma", "sd35_medium")
+                                                          for n in (16, 64)}
+    assert all(r["teacher"]["median_s"] is None and r["edit"]["peak_bytes"] is not None for r in rows)
+    assert "per token" in out.getvalue() and "KiB" in out.getvalue()

@@ -234,7 +234,8 @@ def test_area_conds_are_intersected_with_the_tile(td, tiling):
     assert in_bottom[0]["area"] == (16, 16, 8, 8)
 
 
-def test_pixart_tiles_are_clamped_up_to_its_minimum(td):
+def _tiny_pixart():
+    """A width-64 PixArt-Σ built directly (detection bypassed), its weights filled with small random values."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -245,18 +246,43 @@ def test_pixart_tiles_are_clamped_up_to_its_minimum(td):
                                               "micro_condition": False})
     cfg.set_inference_dtype(torch.float32, None)
     pixart = comfy.model_patcher.ModelPatcher(cfg.get_model({}), mm.get_torch_device(), mm.unet_offload_device())
-    patched, notes = td.apply_tiled_diffusion(pixart, 128, 512, 64, 1, "average")
-    assert len(notes) == 1 and "tile_width 128 px is below 272 px" in notes[0]
-    tiles = patched.wrappers["calc_cond_batch"][td.WRAPPER_KEY][0].__self__.plan(80, 72)
-    assert {t.size for t in tiles} == {(64, 34)}
-    with torch.no_grad():  # detection is bypassed, so the weights are uninitialised: fill them
+    with torch.no_grad():
         g = torch.Generator().manual_seed(0)
         for t in list(pixart.model.parameters()) + list(pixart.model.buffers()):
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=g) * 0.02)
+    return pixart
+
+
+def _sample_pixart(model, latent_hw, seed=0):
     import comfy.sample
-    noise = torch.randn(1, 4, 80, 72, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 4, *latent_hw, generator=g)
     cond = [[torch.randn(1, 8, 32, generator=g), {}]]
-    out = comfy.sample.sample(patched, noise, 1, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise),
-                              disable_pbar=True, seed=0)  # 34-px tiles run; 16-px ones divide by zero
-    assert out.shape == noise.shape and bool(torch.isfinite(out).all())
+    return comfy.sample.sample(model, noise, 1, 1.0, "euler", "simple", cond, cond, torch.zeros_like(noise),
+                               disable_pbar=True, seed=seed)
+
+
+def test_pixart_tiles_are_clamped_up_to_its_minimum(td):
+    pixart = _tiny_pixart()
+    patched, notes = td.apply_tiled_diffusion(pixart, 128, 512, 64, 1, "average")
+    assert len(notes) == 1 and "tile_width 128 px is below 272 px" in notes[0]
+    tiles = patched.wrappers["calc_cond_batch"][td.WRAPPER_KEY][0].__self__.plan(80, 72)
+    assert {t.size for t in tiles} == {(64, 34)}
+    out = _sample_pixart(patched, (80, 72))  # 34-px tiles run; 16-px ones divide by zero
+    assert out.shape == (1, 4, 80, 72) and bool(torch.isfinite(out).all())
+
+
+def test_thin_pixart_latent_tiles_grow_the_other_side(td):
+    """A 30-px-high latent clamps the tile height to 30; 30 + 34 would divide by zero inside PixArt."""
+    recorded, seen = _record_apply_model(_tiny_pixart())
+    patched, _ = td.apply_tiled_diffusion(recorded, 272, 272, 32, 1, "feathered")
+    out = _sample_pixart(patched, (30, 120))
+    assert out.shape == (1, 4, 30, 120) and bool(torch.isfinite(out).all())
+    assert {s[-2:] for s in seen} == {(30, 36)}
+
+
+def test_pixart_latent_too_small_for_any_tile_is_refused_clearly(td):
+    patched, _ = td.apply_tiled_diffusion(_tiny_pixart(), 272, 272, 32, 1, "average")
+    with pytest.raises(ValueError, match=r"30×30 latent is too small.*use a larger image"):
+        _sample_pixart(patched, (30, 30))
