@@ -28,6 +28,7 @@ from ..edit_core.families import TeacherSpec, tensor_place
 from ..edit_core.ops import backends
 from ..edit_core.ops.backends import BACKEND_NAMES
 from .hosts import EDiTModelError, describe_model
+from .memory_estimate import add_memory_estimate
 
 ATTACHMENT_KEY = "edit"
 ADDITIONAL_MODELS_KEY = "edit"
@@ -136,6 +137,7 @@ def apply_edit(model, adapter, *, backend: str = "auto", eta: str = "adapter def
 
     clone = model.clone()
     converted = host.patch(clone, plan, layers)
+    add_memory_estimate(clone, spec, plan.layers)  # ComfyUI's memory estimate follows the converted attention
     if patches:
         accepted = clone.add_patches(patches, 1.0)
         if len(accepted) != len(patches):
