@@ -8,12 +8,19 @@ Two composable wrappers on a clone of the MODEL (never the single-slot ``model_f
   tiles, and blend. The model only ever sees tile-sized latents, so positional embeddings with a size
   cap (SD3's ``cropped_pos_embed``) and attention memory stay at tile size.
 - ``PREPARE_SAMPLING``: the memory estimate used to load the model is made at tile size.
+- ``OUTER_SAMPLE``: the per-tile ControlNet copies of one sampling run are made once and dropped at its end.
+
+ControlNet / T2I-Adapter hints are cropped per tile: ComfyUI resizes a hint to the latent × the control's
+compression (× the VAE's when it encodes the hint); the tile's control is a shallow copy of the chain whose
+hint (and spatial ``extra_concat`` masks) is that full-size hint's crop under the tile, stacked tile-major,
+so each tile sees exactly the part of the hint an untiled run would put there.
 
 The layout and blending math live in ``edit_core.tiling``; this file only adapts ComfyUI's conds.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -91,13 +98,62 @@ def _shift_area(area, tile: tiling.Tile):
     return (y1 - y0, x1 - x0, y0 - tile.y, x0 - tile.x)
 
 
-def crop_conds(conds: list, tiles: list[tiling.Tile], x_in: torch.Tensor) -> list:
+def control_pixels_per_latent(control) -> int:
+    """Hint pixels per latent pixel, as ``ControlNet.get_control`` sizes the hint: its compression ratio, times
+    the VAE's when the hint is VAE-encoded (SD3 ControlNets)."""
+    ratio = int(getattr(control, "compression_ratio", 8) or 1)
+    vae = getattr(control, "vae", None)
+    return ratio * int(vae.spacial_compression_encode()) if vae is not None else ratio
+
+
+def _crop_stack_px(t: torch.Tensor, tiles: list[tiling.Tile], scale: int, batch: int) -> torch.Tensor:
+    """Like ``_crop_stack`` for a tensor at ``scale`` × the latent's resolution."""
+    crops = [t[..., tile.y * scale:(tile.y + tile.h) * scale, tile.x * scale:(tile.x + tile.w) * scale]
+             for tile in tiles]
+    return crops[0] if len(crops) == 1 else torch.cat([_repeat_to(c, batch) for c in crops])
+
+
+def tile_control(control, tiles: list[tiling.Tile], latent_hw: tuple[int, int], batch: int, cache: dict):
+    """A shallow copy of ``control`` (and of every control chained before it) whose hint is, per tile, the
+    crop of the hint ComfyUI would make for the whole ``latent_hw`` latent. Cached in ``cache`` per
+    (control, tiles, latent size, batch), so a VAE-encoded hint is encoded once per tile and run."""
+    if control is None:
+        return None
+    key = (id(control), tuple(tiles), tuple(latent_hw), batch)
+    if key in cache:
+        return cache[key][1]
+    tiled = copy.copy(control)
+    scale = control_pixels_per_latent(control)
+    height, width = latent_hw[0] * scale, latent_hw[1] * scale
+    algorithm = getattr(control, "upscale_algorithm", "nearest-exact")
+    if getattr(control, "cond_hint_original", None) is not None:
+        full = comfy.utils.common_upscale(control.cond_hint_original, width, height, algorithm, "center")
+        tiled.cond_hint_original = _crop_stack_px(full, tiles, scale, batch)
+    extras = []
+    for extra in getattr(control, "extra_concat_orig", []) or []:
+        if extra.ndim == 4 and extra.shape[-2:] != (1, 1):  # a spatial mask/image (1×1: a constant)
+            extra = _crop_stack_px(comfy.utils.common_upscale(extra, width, height, algorithm, "center"), tiles,
+                                   scale, batch)
+        extras.append(extra)
+    tiled.extra_concat_orig = extras
+    for cached_result in ("cond_hint", "extra_concat", "control_input"):  # made from the hint at first use
+        if hasattr(tiled, cached_result):
+            setattr(tiled, cached_result, None)
+    tiled.previous_controlnet = tile_control(getattr(control, "previous_controlnet", None), tiles, latent_hw,
+                                             batch, cache)
+    cache[key] = (control, tiled)  # keeps ``control`` alive, so its id stays unique while cached
+    return tiled
+
+
+def crop_conds(conds: list, tiles: list[tiling.Tile], x_in: torch.Tensor, control_cache: dict | None = None) -> list:
     """The conds ``calc_cond_batch`` gets, cropped to ``tiles`` (stacked tile-major in the batch dim).
 
     Spatial model conds (``CONDNoiseShape`` such as inpainting ``c_concat``, or any cond tensor with the
     latent's H×W) and cond masks are cropped; an area cond is intersected with the tile (one tile only)
-    and dropped where they do not meet. Everything else (text, pooled, hooks, uuid) is shared.
+    and dropped where they do not meet; a ControlNet's hint is cropped (``tile_control``, cached in
+    ``control_cache``). Everything else (text, pooled, hooks, uuid) is shared.
     """
+    control_cache = {} if control_cache is None else control_cache
     batch = x_in.shape[0]
     out = []
     for cond_list in conds:
@@ -116,6 +172,8 @@ def crop_conds(conds: list, tiles: list[tiling.Tile], x_in: torch.Tensor) -> lis
                 if area is None:
                     continue
                 cond["area"] = area
+            if cond.get("control") is not None:
+                cond["control"] = tile_control(cond["control"], tiles, tuple(x_in.shape[-2:]), batch, control_cache)
             if "mask" in cond and cond["mask"].shape[-2:] == x_in.shape[-2:]:
                 cond["mask"] = _crop_stack(cond["mask"], tiles, batch)
             model_conds = {}
@@ -132,10 +190,6 @@ def crop_conds(conds: list, tiles: list[tiling.Tile], x_in: torch.Tensor) -> lis
 
 def _has_area(conds) -> bool:
     return any("area" in c for cond_list in conds if cond_list for c in cond_list)
-
-
-def _has_control(conds) -> bool:
-    return any(c.get("control") is not None for cond_list in conds if cond_list for c in cond_list)
 
 
 def _progress_callback(model_options: dict, timestep: torch.Tensor, total: int):
@@ -164,7 +218,7 @@ class TiledDiffusionPatch:
         self.tile_h, self.tile_w, self.overlap = int(tile_h), int(tile_w), int(overlap)
         self.min_side_sum = int(min_side_sum)
         self.tile_batch_size, self.blend = int(tile_batch_size), blend
-        self._warned_control = False
+        self._control_tiles: dict = {}  # one sampling run's per-tile ControlNet copies (see outer_sample)
 
     def plan(self, height: int, width: int) -> list[tiling.Tile]:
         try:
@@ -181,20 +235,24 @@ class TiledDiffusionPatch:
             noise_shape = [noise_shape[0] * k, noise_shape[1], tiles[0].h, tiles[0].w]
         return executor(model, noise_shape, *args, **kwargs)
 
+    def outer_sample(self, executor, *args, **kwargs):
+        """The per-tile ControlNet copies live for one sampling run."""
+        self._control_tiles = {}
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._control_tiles = {}
+
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         if x_in.ndim != 4:  # video / audio latents: not tiled
             return executor(model, conds, x_in, timestep, model_options)
         tiles = self.plan(x_in.shape[2], x_in.shape[3])
         batch_size = 1 if _has_area(conds) else self.tile_batch_size
-        if _has_control(conds) and not self._warned_control:
-            self._warned_control = True
-            log.warning("Tiled Diffusion (EDiT): ControlNet hints are not cropped per tile; each tile gets the "
-                        "whole hint resized to the tile. Apply the ControlNet without tiling for now.")
 
         def run(x_tiles, batch):
             k = len(batch)
             t = timestep if k == 1 else torch.cat([timestep] * k)
-            return executor(model, crop_conds(conds, batch, x_in), x_tiles, t, model_options)
+            return executor(model, crop_conds(conds, batch, x_in, self._control_tiles), x_tiles, t, model_options)
 
         n_batches = len(tiling.tile_batches(tiles, batch_size))
         return tiling.tiled_apply(
@@ -231,7 +289,8 @@ def apply_tiled_diffusion(model, tile_width: int, tile_height: int, overlap: int
     wrappers = comfy.patcher_extension.WrappersMP
     m = model.clone()
     for kind, fn in ((wrappers.CALC_COND_BATCH, patch.calc_cond_batch),
-                     (wrappers.PREPARE_SAMPLING, patch.prepare_sampling)):
+                     (wrappers.PREPARE_SAMPLING, patch.prepare_sampling),
+                     (wrappers.OUTER_SAMPLE, patch.outer_sample)):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying the node again replaces its settings
         m.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
     return m, notes

@@ -286,3 +286,75 @@ def test_pixart_latent_too_small_for_any_tile_is_refused_clearly(td):
     patched, _ = td.apply_tiled_diffusion(_tiny_pixart(), 272, 272, 32, 1, "average")
     with pytest.raises(ValueError, match=r"30×30 latent is too small.*use a larger image"):
         _sample_pixart(patched, (30, 30))
+
+
+class _HintRecorder(torch.nn.Module):
+    """A tiny control model for ComfyUI's own ``comfy.controlnet.ControlNet``: it records the latent and the
+    hint each call gets and adds no residuals (an empty control dict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.dtype = torch.float32
+        self.calls = []
+
+    def forward(self, x, hint, timesteps, context, **kwargs):
+        self.calls.append((tuple(x.shape), hint.detach().clone()))
+        return {}
+
+
+def _position_hint(height_px: int, width_px: int) -> torch.Tensor:
+    """[1, 3, H, W]: channel 0 the row, channel 1 the column, channel 2 a constant, all in [0, 1)."""
+    rows = torch.arange(height_px, dtype=torch.float32)[:, None].expand(height_px, width_px) / height_px
+    cols = torch.arange(width_px, dtype=torch.float32)[None, :].expand(height_px, width_px) / width_px
+    return torch.stack([rows, cols, torch.full_like(rows, 0.5)])[None]
+
+
+def _with_control(conds, control):
+    positive, negative = conds
+    return ([[positive[0][0], {**positive[0][1], "control": control, "control_apply_to_uncond": False}]],
+            negative)
+
+
+@pytest.mark.parametrize("tile_batch_size", [1, 2])
+def test_controlnet_hint_and_mask_are_cropped_to_each_tile(td, tiling, sd3_capped, conds, tile_batch_size):
+    import comfy.controlnet
+    import comfy.model_management as mm
+
+    latent_hw, scale = (48, 40), 8
+    hint = _position_hint(latent_hw[0] * scale, latent_hw[1] * scale)
+    mask = (torch.arange(latent_hw[0] * scale)[:, None] * 7 + torch.arange(latent_hw[1] * scale)[None, :])
+    mask = (mask % 11).float()[None, None] / 10  # an inpainting-ControlNet-style mask, concatenated to the hint
+    recorder = _HintRecorder()
+    control = comfy.controlnet.ControlNet(recorder, compression_ratio=scale, load_device=mm.get_torch_device())
+    control = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0), extra_concat=[mask])
+    out = _sample(_tiled(td, sd3_capped, 256, overlap_px=64, tile_batch_size=tile_batch_size),
+                  _with_control(conds, control), latent_hw, steps=1, cfg=1.0)
+    assert out.shape == (1, 16) + latent_hw and bool(torch.isfinite(out).all())
+
+    tiles = tiling.plan_tiles(*latent_hw, 32, 32, 8)
+    batches = tiling.tile_batches(tiles, tile_batch_size)
+    assert len(recorder.calls) == len(batches) > 1
+    expected_hint = torch.cat([hint, mask], dim=1)
+    for (x_shape, got), batch in zip(recorder.calls, batches):
+        assert x_shape[0] == len(batch) and x_shape[-2:] == (32, 32)
+        for j, tile in enumerate(batch):
+            crop = expected_hint[..., tile.y * scale:(tile.y + tile.h) * scale, tile.x * scale:(tile.x + tile.w) * scale]
+            assert torch.equal(got[j:j + 1], crop), f"tile {tile} got another part of the hint"
+
+
+def test_controlnet_hint_cropping_keeps_the_callers_control_untouched(td, tiling):
+    import comfy.controlnet
+    import comfy.model_management as mm
+
+    control = comfy.controlnet.ControlNet(_HintRecorder(), compression_ratio=8, load_device=mm.get_torch_device())
+    control = control.copy().set_cond_hint(_position_hint(320, 256), 1.0, (0.0, 1.0))
+    original = control.cond_hint_original
+    conds = [[{"model_conds": {}, "control": control}]]
+    tiles = tiling.plan_tiles(40, 32, 32, 32, 8)
+    cache = {}
+    (cropped,) = td.crop_conds(conds, tiles[:1], torch.zeros(1, 16, 40, 32), cache)
+    (again,) = td.crop_conds(conds, tiles[:1], torch.zeros(1, 16, 40, 32), cache)
+    assert cropped[0]["control"] is again[0]["control"]  # one copy per tile and run, so cond/uncond still batch
+    assert control.cond_hint_original is original and conds[0][0]["control"] is control
+    assert cropped[0]["control"].cond_hint_original.shape[-2:] == (256, 256)
