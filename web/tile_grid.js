@@ -90,8 +90,10 @@ function setupTiled(node) {
     plan = result.data;
     panel.setLines([
       `${plan.rows}×${plan.cols} = ${plan.count} tile${plan.count === 1 ? "" : "s"} × ` +
-        `${plan.tokens_per_tile.toLocaleString("en")} tokens (${plan.tile[0]}×${plan.tile[1]} px)`,
-      [`for ${size[0]}×${size[1]} px, ${plan.tokens_whole.toLocaleString("en")} tokens untiled`, "muted"],
+        `${plan.tokens_per_tile.toLocaleString("en")} tokens`,
+      [`${plan.tile[0]}² px tiles of ${size[0]}×${size[1]} px (${plan.tokens_whole.toLocaleString("en")} tokens untiled)`
+         .replace(`${plan.tile[0]}²`, plan.tile[0] === plan.tile[1] ? `${plan.tile[0]}²` : `${plan.tile[0]}×${plan.tile[1]}`),
+       "muted"],
     ]);
     panel.showCanvas(true);
     drawGrid(panel, plan);

@@ -8,6 +8,11 @@ import os
 from tests.browser.adapters import INIT, TRAINED
 from tests.browser.graph import add_node, panel_text, wait_panel
 
+FITS = """id => { const node = app.graph.getNodeById(id); const w = node.widgets.find(w => w.type === "edit_panel");
+    const text = w.element.firstElementChild === w.element.querySelector("canvas") ? w.element.lastElementChild
+                                                                                   : w.element.firstElementChild;
+    return node.size[1] >= node.computeSize()[1] - 1 && w.element.getBoundingClientRect().bottom + 2 >=
+           text.getBoundingClientRect().bottom; }"""
 LINK = "([a, b]) => { app.graph.getNodeById(a).connect(0, app.graph.getNodeById(b), %s); }"
 
 
@@ -45,6 +50,9 @@ def test_apply_shows_the_connected_adapter_and_the_last_runs_family(page, screen
         adapter_family: "pixart_sigma", error: "it is for PixArt-Sigma (2 blocks, width 64), this model is SD3.5-Medium"})""",
                   apply)
     assert "this model is SD3.5-Medium" in wait_panel(page, apply, "Last run refused")
+    page.wait_for_timeout(100)
+    for node in (loader, apply):
+        assert page.evaluate(FITS, node), "the panel fits in the node"
     page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(300)
     page.locator("#graph-canvas").screenshot(path=os.path.join(screenshots, "graph-adapter-info.png"))
@@ -62,8 +70,10 @@ def test_tiled_diffusion_shows_tiles_and_tokens_for_the_latent(page, screenshots
         _set_widget(page, tiled, name, value)
     page.evaluate("() => app.canvas.setDirty(true, true)")
     text = wait_panel(page, tiled, "tiles")
-    assert "3×3 = 9 tiles × 9,216 tokens (1536×1536 px)" in text
-    assert "65,536 tokens untiled" in text
+    assert "3×3 = 9 tiles × 9,216 tokens" in text
+    assert "1536² px tiles of 4096×4096 px (65,536 tokens untiled)" in text
+    page.wait_for_timeout(100)
+    assert page.evaluate(FITS, tiled), "the panel fits in the node"
     page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(300)
     page.locator("#graph-canvas").screenshot(path=os.path.join(screenshots, "graph-tile-grid.png"))

@@ -53,11 +53,14 @@ export function addPanel(node, name, canvasHeight = 0, canvasWidth = 0) {
   const height = () => canvasWidth > 0
     ? 8 + Math.max(textHeight(), shown() ? canvasHeight : 0)
     : 8 + textHeight() + (shown() ? canvasHeight + 3 : 0);
+  // the frontend draws the element `margin` px inside the widget's box on every side
+  const boxHeight = () => height() + 2 * (widget?.margin ?? 10);
   const widget = node.addDOMWidget(name, "edit_panel", el, {
     serialize: false, hideOnZoom: false, getValue: () => "", setValue: () => {},
-    getMinHeight: height, getMaxHeight: height,
+    getMinHeight: boxHeight, getMaxHeight: boxHeight,
   });
   widget.serialize = false;
+  widget.computeSize = (width) => [width ?? node.size?.[0] ?? 300, boxHeight()]; // what node.computeSize adds up
 
   const panel = {
     el, canvas, widget,
@@ -72,6 +75,7 @@ export function addPanel(node, name, canvasHeight = 0, canvasWidth = 0) {
       }));
       lineCount = Math.max(1, lines.length);
       panel.fit();
+      requestAnimationFrame(() => panel.fit()); // a resize made while the canvas draws is lost
     },
     showCanvas(show) {
       if (!canvas) return;
