@@ -227,24 +227,33 @@ def test_bench_bad_settings_are_one_line_errors(capsys, argv, message):
 
 # ---------------------------------------------------------------------------------------------- demo
 
-def test_demo_quick_restores_teacher_bit_identically(capsys):
-    code, stdout, _ = run(capsys, "demo", "--quick")
-    assert code == 0
-    assert "TINY RANDOM" in stdout and "bit-identical to the teacher's at 32², 64²: yes" in stdout
-    assert "rel-RMSE" in stdout and "speed-up" in stdout
-    assert "[distill]" in stdout and "× lower)" in stdout  # the demo fails (exit 1) if distilling did not help
+def test_demo_writes_the_picture_and_keeps_the_adapter_it_names(capsys, tmp_path):
+    out = tmp_path / "edit-demo"
+    code, stdout, _ = run(capsys, "demo", "--quick", "--out", str(out))
+    assert code == 0  # exit 1 when distillation did not lower the error or remove_edit did not restore
+    png, adapter = out / "edit-demo.png", out / "edit-demo-adapter.safetensors"
+    assert png.read_bytes()[:8] == PNG_MAGIC and str(png) in stdout
+    assert str(adapter) in stdout and load_adapter(str(adapter)).config.family == "pixart_sigma"  # still there
+    assert sorted(p.name for p in out.iterdir()) == ["edit-demo-adapter.safetensors", "edit-demo.png"]
+    assert "tiny trained PixArt-Sigma" in stdout and "bit-identical again: yes" in stdout
+    assert "untrained" in stdout and "distilled" in stdout
+    assert "speed" not in stdout.replace("not EDiT's speed", "")  # no timings from a 256-token model
 
 
-def test_demo_step_selection_checks_dependencies(capsys):
-    code, _, err = run(capsys, "demo", "--quick", "--steps", "build,apply")
-    assert code == 2
-    assert "'apply' needs 'init'" in err
+def test_demo_picture_grid_has_three_rows_of_zoomed_samples():
+    from edit_core.demo import image_grid
+
+    rows = [torch.full((2, 3, 4, 4), v) for v in (0.0, 0.5, 1.0)]
+    grid = image_grid(rows, zoom=2, gap=1)
+    assert grid.shape == (3 * 8 + 2, 2 * 8 + 1, 3) and grid.dtype == torch.uint8
+    assert int(grid[0, 0, 0]) == 0 and int(grid[9, 0, 0]) == 128 and int(grid[-1, -1, 0]) == 255
 
 
-def test_demo_unknown_step(capsys):
-    code, _, err = run(capsys, "demo", "--quick", "--steps", "build,distil")
-    assert code == 2
-    assert "distil" in err
+def test_demo_refuses_a_file_as_out(capsys, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run(capsys, "demo", "--quick", "--out", str(target))
+    assert code == 2 and "is a file" in err
 
 
 # ---------------------------------------------------------------------------------------------- help
