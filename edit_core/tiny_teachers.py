@@ -165,6 +165,37 @@ def zero_loss(heldout: dict, items: Optional[int] = None) -> float:
     return float(torch.mean(target ** 2))
 
 
+# ---------------------------------------------------------------------------------------------- photos
+
+def photos_path() -> str:
+    return os.path.join(DATA_DIR, "photos.safetensors")
+
+
+def load_photos(path: Optional[str] = None) -> list[torch.Tensor]:
+    """The teachers' training photos exactly as they saw them (×0.25; R, G, B, gray; standardised), fp32
+    [4, H, W] each, from ``photos.safetensors`` (fp16; written by ``tools/make_tiny_teachers.py``)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path or photos_path())
+    return [tensors[f"photo.{i}"].float() for i in range(len(tensors))]
+
+
+def photo_crops(n: int, seed: int = 0, size: int = 32, photos: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+    """``n`` random ``size``×``size`` crops of the training photos [n, 4, size, size]: photo uniform, position
+    uniform, horizontal flip with p = ½, all from one generator seeded with ``seed`` (the same recipe the
+    teachers trained on; pass another seed than theirs for fresh crops)."""
+    photos = photos if photos is not None else load_photos()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        im = photos[int(torch.randint(len(photos), (1,), generator=g))]
+        y = int(torch.randint(im.shape[1] - size + 1, (1,), generator=g))
+        x = int(torch.randint(im.shape[2] - size + 1, (1,), generator=g))
+        crop = im[:, y:y + size, x:x + size]
+        out.append(crop.flip(-1) if int(torch.randint(2, (1,), generator=g)) else crop)
+    return torch.stack(out)
+
+
 # ---------------------------------------------------------------------------------------------- locality
 
 def attention_layers(model, family: str) -> list[tuple[str, str]]:
@@ -302,6 +333,6 @@ def format_locality(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DATA_DIR", "FAMILIES", "attention_layers", "attention_locality", "format_locality", "heldout_loss",
+__all__ = ["DATA_DIR", "FAMILIES", "load_photos", "photo_crops", "photos_path", "attention_layers", "attention_locality", "format_locality", "heldout_loss",
            "heldout_path", "load_heldout", "load_tiny_teacher", "predict", "teacher_facts", "teacher_path",
            "zero_loss"]

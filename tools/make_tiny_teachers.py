@@ -239,6 +239,22 @@ def train(family: str, out_dir: str, steps: int, command: str) -> dict:
     return facts
 
 
+def write_photos(out_dir: str, command: str) -> str:
+    """The teachers' training photos as they see them (×0.25, R, G, B, gray, standardised), fp16, one tensor
+    per photo: ``photos.safetensors``, so distillation and its quality checks can train on the same real images
+    without scikit-image (``edit_core.tiny_teachers.photo_crops``)."""
+    from safetensors.torch import save_file
+
+    images, facts = load_images()
+    tensors = {f"photo.{i}": im.to(torch.float16).contiguous() for i, im in enumerate(images)}
+    path = os.path.join(out_dir, "photos.safetensors")
+    save_file(tensors, path, metadata={"data": json.dumps(facts), "command": command,
+                                       "description": "the tiny teachers' training photos (scikit-image's "
+                                                      "bundled photos), standardised, fp16"})
+    print(f"wrote {path} ({os.path.getsize(path):,} B)", flush=True)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=FAMILIES, action="append",
@@ -246,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help=f"override the step count (default: {STEPS}; only for smoke runs)")
     parser.add_argument("--out", default=OUT_DIR, help="output folder (default: edit_core/data/tiny_teachers)")
+    parser.add_argument("--photos-only", action="store_true",
+                        help="only write photos.safetensors (the training photos, for distillation on real images)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
@@ -253,6 +271,9 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     command = "python tools/make_tiny_teachers.py" + ("" if argv is None and len(sys.argv) == 1 else
                                                       " " + " ".join(sys.argv[1:] if argv is None else argv))
+    write_photos(args.out, command)
+    if args.photos_only:
+        return 0
     for family in args.family or FAMILIES:
         train(family, args.out, args.steps or STEPS[family], command)
     return 0

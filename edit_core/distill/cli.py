@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..commands import EXIT_OK, EXIT_USER_ERROR, CommandError, report_errors  # noqa: F401 (re-exported)
+from . import recipe
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DESCRIPTION = (
@@ -54,25 +55,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--prompts", required=True, metavar="FILE", help="text file, one prompt per line (blank lines and # comments "
                                                        "skipped); with --images, only used to check the file")
     a("--out", required=True, metavar="FILE", help="adapter file to write (.safetensors)")
-    a("--resolution", default="512", help="pixel size of each progressive stage, comma-separated, e.g. 512,1024; "
-                                          "each a multiple of 16")
+    a("--resolution", default=None, help="pixel size of each progressive stage, comma-separated, e.g. 512,1024 "
+                                         "(default 512); each a multiple of 16")
     a("--stage-fractions", default=None, help="share of the steps per stage, e.g. 0.6,0.3,0.1 (default 6:3:1)")
     a("--aspect-ratios", default="1:1", help="aspect-ratio buckets (width:height), e.g. 1:1,4:3,3:4,16:9,9:16")
     a("--steps", type=int, default=1000, help="optimizer steps in total")
     a("--batch", type=int, default=4, help="batch per process (GPU) and micro-step; global = batch × processes")
     a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    a("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    a("--lr", type=float, default=recipe.LR, help=f"AdamW learning rate (default {recipe.LR:g})")
     a("--weight-decay", type=float, default=0.0)
-    a("--warmup-steps", type=int, default=0)
+    a("--warmup-steps", type=int, default=recipe.WARMUP_STEPS)
     a("--lr-schedule", choices=("constant", "cosine"), default="constant")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     a("--task-weight", type=float, default=None, help="task-loss weight (default 1 with --images, else 0)")
-    a("--kd-weight", type=float, default=0.5, help="output-distillation weight")
-    a("--feature-weight", type=float, default=0.5, help="per-layer attention-output weight")
+    a("--kd-weight", type=float, default=recipe.KD_WEIGHT, help="output-distillation weight")
+    a("--feature-weight", type=float, default=recipe.FEATURE_WEIGHT, help="per-layer attention-output weight")
     a("--uncond-prob", type=float, default=0.1, help="caption dropout to the empty prompt (CFG training)")
     a("--ema", type=float, default=None, metavar="DECAY", help="keep an EMA of the weights (e.g. 0.999) and export it")
-    a("--train-projections", action="store_true",
-      help="also fine-tune the converted attentions' q/k/v/out projections (saved in the adapter)")
+    a("--train-projections", action=argparse.BooleanOptionalAction, default=recipe.TRAIN_PROJECTIONS,
+      help="also fine-tune the converted attentions' q/k/v/out projections and qk-norms (saved in the adapter; "
+           f"default {'on' if recipe.TRAIN_PROJECTIONS else 'off'})")
     a("--gradient-checkpointing", action="store_true", help="recompute block activations in backward (less memory)")
     a("--init-adapter", default=None, metavar="FILE",
       help="start from this adapter instead of the teacher-derived init")
@@ -83,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--no-attn2", action="store_true", help="SD3.5-M: keep the dual-attention attn2 layers softmax")
     a("--images", default=None, metavar="DIR", help="train on these images (VAE-encoded; captions from NAME.txt) "
                                                     "instead of teacher samples; enables the task loss")
+    a("--latents", default=None, metavar="FILE",
+      help="train on these clean latents, already in the teacher's latent space (safetensors: 'latents' "
+           "[N, C, h, w], optional 'prompt_index' [N] rows of the prompt file / text embeddings; without it row i "
+           "uses prompt i, or prompt 0 when there is one); enables the task loss; the resolution follows from h, w")
     a("--text-embeddings", default=None, metavar="FILE",
       help="precomputed prompt embeddings (safetensors: prompt_embeds [P,L,D], prompt_attention_mask, "
            "pooled_prompt_embeds, optional negative_*); one row per prompt")
@@ -90,7 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--samples-per-prompt", type=int, default=1, help="teacher samples per prompt and stage")
     a("--sample-steps", type=int, default=20, help="teacher sampling steps (DDIM / flow Euler)")
     a("--guidance", type=float, default=4.5, help="teacher sampling CFG scale (needs the empty prompt's embedding)")
-    a("--flow-shift", type=float, default=None, help="SD3 / SD3.5 sampling shift (default: the scheduler's, else 3.0)")
+    a("--flow-shift", type=float, default=recipe.FLOW_SHIFT,
+      help="SD3 / SD3.5 timestep shift, for the teacher's samples and the training noise alike (default: the "
+           "scheduler's, else the family's, 3.0)")
     a("--checkpoint-every", type=int, default=250, help="steps between checkpoints (a killed run loses at most this)")
     a("--log-every", type=int, default=10, help="steps between JSONL log lines")
     a("--work-dir", default=None, help="cache, checkpoints, log.jsonl, loss.png (default: OUT without .safetensors "
@@ -198,6 +206,63 @@ def _check_variant(args, info, init_adapter) -> None:
                                   f"{', '.join(usable)}")
 
 
+class _Latents:
+    """A --latents file, checked: x0 [N, C, h, w] fp32 and the prompt row of each item."""
+
+    def __init__(self, x0: torch.Tensor, rows: torch.Tensor, resolution: int):
+        self.x0, self.rows, self.resolution = x0, rows, resolution
+
+    def dataset(self, encode, null_cond):
+        from .data import TensorDataset
+
+        cond = encode(self.rows.tolist())
+        return TensorDataset((self.x0, {k: v.cpu() for k, v in cond.items()}), null_cond=null_cond, has_images=True)
+
+
+def read_latents(path: str, args, info, prompt_count: int) -> _Latents:
+    from ..safetensors_file import SafetensorsFileError, read_header
+    from .data import PIXELS_PER_LATENT
+
+    if not os.path.isfile(path):
+        raise DistillCommandError(f"--latents '{path}' does not exist")
+    try:
+        read_header(path)
+    except SafetensorsFileError as e:
+        raise DistillCommandError(f"--latents '{path}': {e.problem}") from None
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    x0 = tensors.get("latents")
+    channels = int(info.config.get("in_channels", 0)) or None
+    if x0 is None or x0.dim() != 4:
+        raise DistillCommandError(f"--latents '{path}' needs a 'latents' tensor [N, C, h, w]")
+    if channels is not None and x0.shape[1] != channels:
+        raise DistillCommandError(f"--latents '{path}' has {x0.shape[1]} channels, the teacher takes {channels}")
+    h, w = int(x0.shape[-2]), int(x0.shape[-1])
+    if h != w:
+        raise DistillCommandError(f"--latents '{path}' are {h}×{w}; use square latents (one size per file)")
+    if h % info.patch_size:
+        raise DistillCommandError(f"--latents '{path}' are {h}×{w}, not a multiple of the patch size "
+                                  f"{info.patch_size}")
+    resolution = h * PIXELS_PER_LATENT
+    if args.resolution not in (None, str(resolution)) or args.stage_fractions:
+        raise DistillCommandError(f"--latents '{path}' fix the resolution at {resolution} px ({h}×{w} latents): "
+                                  "leave out --resolution and --stage-fractions")
+    if "prompt_index" in tensors:
+        rows = tensors["prompt_index"].long().reshape(-1)
+        if rows.numel() != x0.shape[0] or rows.min() < 0 or rows.max() >= prompt_count:
+            raise DistillCommandError(f"--latents '{path}': 'prompt_index' needs one row in 0…{prompt_count - 1} "
+                                      f"per latent ({x0.shape[0]})")
+    elif prompt_count == x0.shape[0]:
+        rows = torch.arange(prompt_count)
+    elif prompt_count == 1:
+        rows = torch.zeros(x0.shape[0], dtype=torch.long)
+    else:
+        raise DistillCommandError(f"--latents '{path}' has {x0.shape[0]} latents but the prompt file "
+                                  f"{prompt_count} prompts: give one prompt, one per latent, or a 'prompt_index'")
+    return _Latents(x0.float(), rows, resolution)
+
+
 def _sha256(texts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
@@ -239,12 +304,14 @@ def _bar(enabled: bool, total: int, desc: str, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    return report_errors(lambda: _run(args), interrupted="interrupted (the data cache and checkpoints so far are "
+def run(args: argparse.Namespace, on_step=None) -> int:
+    """The command. ``on_step(step, host)`` (for ``python -m edit_core quality``): called on rank 0 after every
+    optimizer step with the distillation host, e.g. to measure the student as it trains."""
+    return report_errors(lambda: _run(args, on_step), interrupted="interrupted (the data cache and checkpoints so far are "
                                                          "kept; rerun with --resume)")
 
 
-def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
+def _run(args: argparse.Namespace, on_step=None) -> int:  # noqa: C901 - one linear script
     from ..adapter import load_adapter
     from .data import check_resolution, parse_aspect_ratios, parse_resolutions, stage_plan
     from .distributed import default_device, init_distributed
@@ -257,7 +324,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     work_dir = args.work_dir or (os.path.splitext(args.out)[0] + ".work")
     check_work_dir(work_dir, args.resume)
     info = inspect_teacher(args.teacher, args.teacher_config)
-    resolutions = parse_resolutions(args.resolution)
+    latents = read_latents(args.latents, args, info, len(prompts)) if args.latents else None
+    resolutions = [latents.resolution] if latents is not None else parse_resolutions(args.resolution or "512")
     for r in resolutions:
         check_resolution(r, info.patch_size)
     ratios = parse_aspect_ratios(args.aspect_ratios)
@@ -268,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     elif info.kind != "pipeline":
         raise DistillCommandError(f"teacher '{args.teacher}' has no text encoders: pass --text-embeddings FILE "
                                   "(or give the pipeline folder)")
+    if args.images and args.latents:
+        raise DistillCommandError("--images and --latents both give training data; choose one")
     if args.images:
         if not os.path.isdir(args.images):
             raise DistillCommandError(f"--images '{args.images}' is not a folder")
@@ -287,12 +357,15 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear script
     # 2. processes, teacher, host
     dist = init_distributed(device)
     try:
-        return _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, work_dir, dtype)
+        return _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, work_dir, dtype, latents,
+                      on_step)
     finally:
         dist.close()
 
 
-def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, work_dir, dtype) -> int:
+def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, work_dir, dtype, latents=None,
+           on_step=None) -> int:
+    from ..families import get_family
     from ..adapter import save_adapter
     from .cache import build_image_cache, build_teacher_cache, list_images
     from .data import aspect_buckets
@@ -313,8 +386,9 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
     host = DiffusersDistillHost(teacher.transformer, init_adapter, train_projections=args.train_projections,
                                 dtype=dtype, attn2="off" if args.no_attn2 else "adapter",
                                 reduction=args.reduction, seed=args.seed, variant=args.variant)
-    schedule = schedule_for(host.family, info.scheduler_config)
-    shift = args.flow_shift if args.flow_shift is not None else float(info.scheduler_config.get("shift", 3.0))
+    shift = args.flow_shift if args.flow_shift is not None else float(
+        info.scheduler_config.get("shift", get_family(host.family).sampling_shift or 1.0))
+    schedule = schedule_for(host.family, info.scheduler_config, shift=shift)
 
     # 3. data: one cache per stage
     fingerprint = {**info.fingerprint(), "prompts_sha256": _sha256(prompts),
@@ -340,7 +414,9 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
                 bar.n = done
                 bar.refresh()
 
-        if args.images:
+        if latents is not None:
+            dataset = latents.dataset(encode, teacher.null_cond)
+        elif args.images:
             dataset = build_image_cache(directory, images=images, captions=captions, encode=encode,
                                         null_cond=teacher.null_cond, vae=teacher.vae, buckets=buckets,
                                         fingerprint={**fingerprint, "images": os.path.abspath(args.images),
@@ -372,6 +448,8 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
     bar = _bar(show, args.steps, "distill")
 
     def progress(step, total, values):
+        if on_step is not None and dist.is_main:
+            on_step(step, host)
         if bar is not None:
             bar.n = step
             bar.set_postfix({k[5:] or "loss": f"{values[k]:.3g}" for k in ("loss", "loss_feature", "loss_kd",
@@ -442,4 +520,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run(args)
 
 
-__all__ = ["add_parser", "add_arguments", "run", "main", "read_prompts", "check_output", "DistillCommandError"]
+__all__ = ["add_parser", "add_arguments", "run", "main", "read_prompts", "read_latents", "check_output",
+           "DistillCommandError"]

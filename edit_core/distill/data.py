@@ -148,6 +148,9 @@ class TensorDataset:
         self.null_cond = dict(null_cond) if null_cond is not None else None
         self.has_images = has_images
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def buckets(self) -> dict[tuple[int, int], list[int]]:
         return {k: list(v) for k, v in self._buckets.items()}
 

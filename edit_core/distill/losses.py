@@ -3,8 +3,10 @@
     L = w_task · L_task + w_kd · L_KD + w_feat · L_feat        (defaults 1 / 0.5 / 0.5; data-free: w_task = 0)
 
 - ``layer_loss``: per converted layer, MSE between the student's and the teacher's attention output
-  (after the output projection) on the same layer input; averaged over layers (an SD3.5 joint layer
-  counts its image and text streams as two; the last block has no text stream).
+  (after the output projection) on the same layer input; averaged over the pairs that depend on a
+  trainable tensor. An SD3.5 joint layer gives an image and a text pair (the last block no text pair); with
+  frozen projections MM-EDiT's text rows are the teacher's exact softmax, so their pairs carry no gradient
+  and would only dilute the mean (23 of 60 pairs on SD3.5-M), and they are left out.
 - ``output_kd_loss``: student vs teacher prediction over every output channel (PixArt-Σ: ε and the
   learned variance, as LiT recommends).
 - ``task_loss``: the student's prediction vs the true target (ε, or the flow velocity), on the first
@@ -44,7 +46,8 @@ class LossWeights:
 def layer_loss(pairs: Sequence[LayerPair]) -> torch.Tensor:
     if not pairs:
         raise ValueError("no converted layer recorded an output pair (is EDiT applied to this model?)")
-    losses = [F.mse_loss(p.student.float(), p.teacher.float()) for p in pairs]
+    trainable = [p for p in pairs if p.student.requires_grad]
+    losses = [F.mse_loss(p.student.float(), p.teacher.float()) for p in (trainable or pairs)]
     return torch.stack(losses).mean()
 
 

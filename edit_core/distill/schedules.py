@@ -79,9 +79,11 @@ class FlowSchedule:
                 "shift": self.shift}
 
 
-def schedule_for(family: str, scheduler_config: Optional[dict] = None, **overrides):
+def schedule_for(family: str, scheduler_config: Optional[dict] = None, *, shift: Optional[float] = None,
+                 **overrides):
     """The training schedule of a family (its record's ``schedule``); ``scheduler_config`` (a diffusers
-    scheduler config) may refine a DDPM schedule."""
+    scheduler config) may refine a DDPM schedule. ``shift``: a flow schedule's timestep shift (ignored by DDPM
+    families); pass the teacher's sampling shift so the student trains on the noise levels it is sampled at."""
     from ..families import get_family
 
     facts = dict(get_family(family).schedule)
@@ -93,6 +95,8 @@ def schedule_for(family: str, scheduler_config: Optional[dict] = None, **overrid
         facts.update(overrides)
         return DDPMSchedule(**facts)
     if kind == "flow":
+        if shift is not None:
+            facts["shift"] = float(shift)
         facts.update(overrides)
         return FlowSchedule(**facts)
     raise ValueError(f"no training schedule of kind {kind!r}")
