@@ -62,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--steps", type=int, default=1000, help="optimizer steps in total")
     a("--batch", type=int, default=4, help="batch per process (GPU) and micro-step; global = batch × processes")
     a("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    a("--lr", type=float, default=recipe.LR, help=f"AdamW learning rate (default {recipe.LR:g})")
+    a("--lr", type=float, default=recipe.LR,
+      help="AdamW learning rate (default: 1e-3 × 96 / model width, e.g. 8.3e-5 for PixArt-Sigma, 6.3e-5 for "
+           "SD3.5-Medium; see edit_core/distill/recipe.py)")
     a("--weight-decay", type=float, default=0.0)
     a("--warmup-steps", type=int, default=recipe.WARMUP_STEPS)
     a("--lr-schedule", choices=("constant", "cosine"), default="constant")
@@ -184,7 +186,7 @@ def _numbers(args) -> None:
             raise DistillCommandError(f"--{name.replace('_', '-')} must be at least 1")
     if args.checkpoint_every < 0 or args.eval_batches < 0:
         raise DistillCommandError("--checkpoint-every and --eval-batches must be ≥ 0")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         raise DistillCommandError("--lr must be positive")
 
 
@@ -324,6 +326,8 @@ def _run(args: argparse.Namespace, on_step=None) -> int:  # noqa: C901 - one lin
     work_dir = args.work_dir or (os.path.splitext(args.out)[0] + ".work")
     check_work_dir(work_dir, args.resume)
     info = inspect_teacher(args.teacher, args.teacher_config)
+    if args.images and args.latents:
+        raise DistillCommandError("--images and --latents both give training data; choose one")
     latents = read_latents(args.latents, args, info, len(prompts)) if args.latents else None
     resolutions = [latents.resolution] if latents is not None else parse_resolutions(args.resolution or "512")
     for r in resolutions:
@@ -336,8 +340,6 @@ def _run(args: argparse.Namespace, on_step=None) -> int:  # noqa: C901 - one lin
     elif info.kind != "pipeline":
         raise DistillCommandError(f"teacher '{args.teacher}' has no text encoders: pass --text-embeddings FILE "
                                   "(or give the pipeline folder)")
-    if args.images and args.latents:
-        raise DistillCommandError("--images and --latents both give training data; choose one")
     if args.images:
         if not os.path.isdir(args.images):
             raise DistillCommandError(f"--images '{args.images}' is not a folder")
@@ -436,7 +438,10 @@ def _train(args, dist, info, prompts, embeddings, init_adapter, stages, ratios, 
         torch.cuda.empty_cache()
 
     # 4. train
-    config = DistillConfig(steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum, lr=args.lr,
+    lr = args.lr if args.lr is not None else recipe.learning_rate(host.adapter_config.hidden_size)
+    say(f"learning rate {lr:.3g}" + ("" if args.lr is not None else
+                                     f" (default for width {host.adapter_config.hidden_size})"))
+    config = DistillConfig(steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum, lr=lr,
                            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                            lr_schedule=args.lr_schedule, max_grad_norm=args.max_grad_norm or None,
                            weights=LossWeights(args.task_weight, args.kd_weight, args.feature_weight),

@@ -11,8 +11,20 @@ TRAIN_PROJECTIONS = True
 """Fine-tune the converted attentions' own q/k/v/out projections (and qk-norms) with the new modules. A
 linear attention cannot reuse softmax-trained q/k as they are; frozen projections leave most of the gap."""
 
-LR = 1e-4
-"""AdamW learning rate (constant after ``WARMUP_STEPS``)."""
+LR = None
+"""AdamW learning rate (constant after ``WARMUP_STEPS``); None = ``learning_rate(width)``."""
+
+LR_ANCHOR = (1e-3, 96)
+"""(learning rate, model width) where the rate was measured best on the tiny PixArt-Σ-layout teacher."""
+
+
+def learning_rate(width: int) -> float:
+    """The default learning rate for a model of hidden width ``width``: Adam's step on a C×C matrix changes its
+    outputs by about lr·C, so the rate scales as 1/width (as μP prescribes for hidden weights), anchored at
+    ``LR_ANCHOR``: 1e-3 at width 96 gives 8.3e-5 for PixArt-Σ (1152) and 6.3e-5 for SD3.5-Medium (1536), the
+    usual fine-tuning rates of those models."""
+    rate, at = LR_ANCHOR
+    return rate * at / max(1, int(width))
 
 WARMUP_STEPS = 0
 
@@ -27,4 +39,4 @@ FLOW_SHIFT = None
 scheduler config in diffusers, its ``model_sampling`` in ComfyUI), so the student trains on the noise
 levels it will be sampled at."""
 
-__all__ = ["TRAIN_PROJECTIONS", "LR", "WARMUP_STEPS", "KD_WEIGHT", "FEATURE_WEIGHT", "FLOW_SHIFT"]
+__all__ = ["TRAIN_PROJECTIONS", "LR", "LR_ANCHOR", "learning_rate", "WARMUP_STEPS", "KD_WEIGHT", "FEATURE_WEIGHT", "FLOW_SHIFT"]
