@@ -1,7 +1,8 @@
 """(b) After conversion no softmax attention has image-length queries against image-length keys.
 
 Every softmax path a forward can take is instrumented for the duration of the test: torch's
-``scaled_dot_product_attention`` (edit_core's torch softmax branches, ComfyUI's pytorch attention) and
+``scaled_dot_product_attention`` (edit_core's torch softmax branches, ComfyUI's pytorch attention), the
+MM-EDiT text rows' online softmax over the two key streams (``softmax_attention_over_streams``), and
 the ``optimized_attention`` names MMDiT and PixArt call (whatever ComfyUI picked on this machine)."""
 
 import os
@@ -44,7 +45,15 @@ def attention_calls(comfy_env, monkeypatch):
                 del calls[recorded:]  # the SDPA inside ComfyUI's attention is this same call
         return optimized_attention
 
+    hybrid = comfy_env.pack("edit_core.ops.hybrid_attention.torch_impl")
+    streams_softmax = hybrid.softmax_attention_over_streams
+
+    def recording_streams(q, streams):  # MM-EDiT text rows: one softmax over the image and text key streams
+        calls.append((q.shape[-2], sum(k.shape[-2] for k, _ in streams)))
+        return streams_softmax(q, streams)
+
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    monkeypatch.setattr(hybrid, "softmax_attention_over_streams", recording_streams)
     monkeypatch.setattr(mmdit, "optimized_attention", recording(mmdit.optimized_attention))
     monkeypatch.setattr(pixart_blocks, "optimized_attention", recording(pixart_blocks.optimized_attention))
     return calls
