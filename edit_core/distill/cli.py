@@ -69,7 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--warmup-steps", type=int, default=recipe.WARMUP_STEPS)
     a("--lr-schedule", choices=("constant", "cosine"), default="constant")
     a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    a("--task-weight", type=float, default=None, help="task-loss weight (default 1 with --images, else 0)")
+    a("--task-weight", type=float, default=recipe.TASK_WEIGHT,
+      help=f"task-loss weight on real data (--images / --latents; default {recipe.TASK_WEIGHT:g}: the target is "
+           "the teacher, not the data)")
     a("--kd-weight", type=float, default=recipe.KD_WEIGHT, help="output-distillation weight")
     a("--feature-weight", type=float, default=recipe.FEATURE_WEIGHT, help="per-layer attention-output weight")
     a("--uncond-prob", type=float, default=0.1, help="caption dropout to the empty prompt (CFG training)")

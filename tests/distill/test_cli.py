@@ -140,7 +140,7 @@ def test_cli_on_a_pipeline_folder_encodes_prompts_and_images(tmp_path, capsys):
         Image.new("RGB", (80 + 16 * i, 64), color).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text("a photo of a field")
     code, _, err = distill(capsys, *common, "--images", str(images), "--out", str(tmp_path / "images.safetensors"),
-                           "--log-every", "1")
+                           "--log-every", "1", "--task-weight", "1")  # (the default recipe leaves it off)
     assert code == 0, err
     training = load_adapter(str(tmp_path / "images.safetensors")).config.training
     assert training["data"] == "images" and training["loss_weights"]["task"] == 1.0

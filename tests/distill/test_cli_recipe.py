@@ -34,7 +34,7 @@ def test_latents_are_real_data_and_projections_train_by_default(pixart_inputs, t
     adapter = load_adapter(str(out))
     training = adapter.config.training
     assert training["data"] == "images" and training["data_items"] == [6] and training["resolutions"] == [128]
-    assert training["loss_weights"]["task"] == 1.0  # real data: the task loss is on
+    assert training["loss_weights"]["task"] == recipe.TASK_WEIGHT == 0.0  # the target is the teacher
     assert training["trainable"] == "adapter+projections" and adapter.finetuned(0, "attn")
     width = adapter.config.hidden_size
     assert training["lr"] == pytest.approx(recipe.learning_rate(width))

@@ -51,7 +51,9 @@ def test_teacher_forced_pass_records_every_converted_stream(family):
         assert sorted(names) == ["blocks.0.attn", "blocks.0.attn.text", "blocks.0.attn2", "blocks.1.attn"]
     for pair in pairs:
         assert pair.teacher.shape == pair.student.shape
-        assert not pair.teacher.requires_grad and pair.student.requires_grad
+        assert not pair.teacher.requires_grad
+        # with frozen projections MM-EDiT's text rows are the teacher's own softmax: nothing to train there
+        assert pair.student.requires_grad == (not pair.name.endswith(".text"))
 
 
 def test_layer_pairs_are_computed_on_the_same_layer_input():
