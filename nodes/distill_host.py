@@ -8,6 +8,17 @@ input (the pair, after the output projection, is recorded; the softmax output is
 of the model: the clone shares the loaded weights; the only new tensors are the adapter layers, kept in fp32 as master weights (``comfy.ops``
 manual-cast layers cast them to the model's compute dtype on the fly).
 
+Fine-tuned projections (``train_projections``, or a starting adapter that carries some): the shared weights are
+never written. Each converted slot's student gets its own fp32 copy of the projection tensors it fine-tunes
+(canonical ``FINETUNE_NAMES`` — q/k/v/out, qk-norms, and MMDiT's text-stream add_q/k/v_proj, to_add_out,
+norm_added_q/k — placed in ComfyUI's layout by ``edit_core.families.tensor_place``), initialised from the
+starting adapter's tensor or else the model's unpatched weight, held in a ``ProjectionWeights`` table that only
+the student slot module (and, while the slot runs as the student, the unit's output projection) reads; the
+teacher keeps reading the model's own weights. The trainable tensors are the fine-tuned tensors themselves
+(the trainer's EMA and checkpoints treat them as such) and are exported as they are, so Apply EDiT Attention's
+``"diff"`` weight patches rebuild the student exactly. Weight patches the MODEL already carries on those
+tensors (LoRAs) are kept as a frozen offset added to the copy, as Apply EDiT stacks them on the adapter's.
+
 Calls go through ComfyUI's own ``BaseModel.apply_model`` (the model's wrappers, dtype casts and
 ``model_sampling``). The trainer speaks in model timesteps and diffusion-space latents (``schedules.py``):
 ε-prediction x_t = √ᾱ·x0 + √(1−ᾱ)·ε at integer t (PixArt-Σ), rectified flow x_t = (1−σ)·x0 + σ·ε at t = 1000·σ
@@ -30,18 +41,21 @@ from typing import Optional
 
 import torch
 
+import comfy.lora
 import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.utils
 
-from ..edit_core.adapter import Adapter, AdapterConfig, init_adapter_from_teacher, layer_prefix
+from ..edit_core.adapter import FINETUNE_NAMES, Adapter, AdapterConfig, init_adapter_from_teacher, layer_prefix
 from ..edit_core.distill.host import MODES, Conditioning, LayerPair, ModeSwitch, SwitchedHost
 from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
 from ..edit_core.distill.trainer import DistillError
-from ..edit_core.families import get_family
-from .apply import ADDITIONAL_MODELS_KEY, ATTACHMENT_KEY, apply_edit
+from ..edit_core.families import get_family, tensor_place
+from .apply import ADDITIONAL_MODELS_KEY, ATTACHMENT_KEY, MODEL_PREFIX, _original_weight, apply_edit
 from .hosts import AttentionSlots, describe_model
+from .hosts.base import projection_weights
+from .projections import ProjectionWeights
 
 log = logging.getLogger("ComfyUI-EDiT")
 
@@ -63,6 +77,12 @@ class TeacherForced(torch.nn.Module):
     def student(self) -> torch.nn.Module:
         return self._parts[2]
 
+    @property
+    def projection_weights(self):
+        """The student's projection tensors while the slot runs as the student (the unit's output projection
+        reads them); None otherwise, so the teacher's output is projected by the model's own weights."""
+        return projection_weights(self.student) if self.switch.mode == "student" else None
+
     def forward(self, *args, **kwargs):
         unit, teacher, student = self._parts
         mode = self.switch.mode
@@ -74,7 +94,7 @@ class TeacherForced(torch.nn.Module):
             predicted = student(*args, **kwargs)
             if self.switch.recording:
                 targets = unit.layer_outputs(self.slot, out)
-                for suffix, value in unit.layer_outputs(self.slot, predicted).items():
+                for suffix, value in unit.layer_outputs(self.slot, predicted, projection_weights(student)).items():
                     self.switch.pairs.append(LayerPair(f"blocks.{unit.block}.{self.slot}{suffix}", targets[suffix],
                                                        value))
         return out
@@ -120,14 +140,14 @@ def sampling_shift(model_sampling) -> float:
 class ComfyDistillHost(SwitchedHost):
     """Distillation host for a PixArt-Σ or SD3.5-M ComfyUI MODEL (the MODEL itself is never changed).
 
-    ``adapter``: the starting adapter (default: ``init_adapter_from_teacher(reduction, seed)``). Use as a
-    context manager (or call ``close``): closing unloads the training clone, which restores the shared
-    model's modules, and gives back the parameters' ``requires_grad`` flags."""
+    ``adapter``: the starting adapter (default: ``init_adapter_from_teacher(reduction, seed)``); its fine-tuned
+    projections, if any, are the student's starting ones. ``train_projections``: also train each converted
+    slot's projections (see the module docstring). Use as a context manager (or call ``close``): closing unloads
+    the training clone, which restores the shared model's modules, and gives back the parameters'
+    ``requires_grad`` flags."""
 
-    train_projections = False  # the teacher's projections are shared with the loaded model: not trained here
-
-    def __init__(self, model, adapter: Optional[Adapter] = None, *, reduction: int = 4, backend: str = "auto",
-                 seed: int = 0):
+    def __init__(self, model, adapter: Optional[Adapter] = None, *, train_projections: bool = False,
+                 reduction: int = 4, backend: str = "auto", seed: int = 0):
         spec, comfy_host = describe_model(model)  # EDiTModelError for a MODEL of no supported family
         diffusion_model = model.get_model_object("diffusion_model")
         if adapter is None:
@@ -136,9 +156,13 @@ class ComfyDistillHost(SwitchedHost):
                                    f"use a divisor such as 4")
             adapter = init_adapter_from_teacher(diffusion_model.state_dict(keep_vars=True), spec.family,
                                                 num_heads=spec.num_heads, reduction=reduction, seed=seed)
-        if any(adapter.finetuned(b, s) for b, s in adapter.config.layers()):
-            raise DistillError("the starting adapter carries fine-tuned teacher projections, which would change the "
-                               "teacher; start from an adapter without them")
+        starting = adapter
+        finetuned_keys = {layer_prefix(b, s) + name for b, s in adapter.config.layers()
+                          for name in adapter.finetuned(b, s)}
+        if finetuned_keys:  # the student's, not weight patches on the teacher: applied without them
+            adapter = Adapter(adapter.config, {k: v for k, v in adapter.tensors.items() if k not in finetuned_keys},
+                              source=adapter.source)
+        self.train_projections = bool(train_projections)
         self.base = model
         self.spec = spec
         self.family = spec.family
@@ -175,6 +199,17 @@ class ComfyDistillHost(SwitchedHost):
         self._grad_flags = {name: p.requires_grad for name, p in self.patcher.model.named_parameters()}
         self._trainable = {layer_prefix(block, slot) + name: param.requires_grad_(True)
                            for (block, slot), layer in self._layers.items() for name, param in layer.named_parameters()}
+        self._students = {layer: applied.converted[layer] for layer in self.adapter_config.layers()}
+        self._projections: dict[str, torch.Tensor] = {}  # canonical key → the student's fp32 tensor
+        with torch.inference_mode(False), torch.no_grad():
+            for (block, slot), student in self._students.items():
+                names = FINETUNE_NAMES if self.train_projections else sorted(
+                    {name.split(".")[0] for name in starting.finetuned(block, slot)})
+                weights = self._student_projections(diffusion_model, block, slot, names, starting)
+                if len(weights):
+                    student.projection_weights = weights
+        if self.train_projections:
+            self._trainable.update(self._projections)
         self._transformer_options: Optional[dict] = None
         self._closed = False
 
@@ -194,9 +229,51 @@ class ComfyDistillHost(SwitchedHost):
             _make_autograd_safe(self.adapter_patcher.model)
         current = {layer_prefix(block, slot) + name: param
                    for (block, slot), layer in self._layers.items() for name, param in layer.named_parameters()}
-        if any(current[k] is not p or not p.requires_grad for k, p in self._trainable.items()):
+        if any(self._trainable.get(k) is not p or not p.requires_grad for k, p in current.items()):
             raise DistillError("ComfyUI replaced the adapter's parameters while loading the model; the optimizer "
                                "would train stale copies")
+
+    def _student_projections(self, diffusion_model, block: int, slot: str, names, starting: Adapter
+                             ) -> ProjectionWeights:
+        """The student's copies of (block, slot)'s projection tensors ``names`` (canonical), as a table by module."""
+        weights = ProjectionWeights()
+        device = self.patcher.load_device
+        for name in names:
+            place = tensor_place(self.spec, block, slot, name, layout="comfyui")
+            if place is None:
+                continue
+            try:
+                module = diffusion_model.get_submodule(place.key)
+            except AttributeError:  # (the last MMDiT block's text stream has no output projection)
+                continue
+            for part in ("weight", "bias"):
+                if not isinstance(getattr(module, part, None), torch.Tensor):
+                    continue
+                key, model_key = f"{layer_prefix(block, slot)}{name}.{part}", f"{MODEL_PREFIX}{place.key}.{part}"
+                base = _original_weight(self.base, model_key)
+                offset = self._patch_offset(model_key, base)
+                if place.chunk is not None:
+                    rows = base.shape[0] // 3
+                    base = base[place.chunk * rows:(place.chunk + 1) * rows]
+                    offset = None if offset is None else offset[place.chunk * rows:(place.chunk + 1) * rows]
+                value = starting.tensors.get(key, base)
+                if tuple(value.shape) != tuple(base.shape):
+                    raise DistillError(f"the starting adapter's {key} has shape {list(value.shape)}, the model's "
+                                       f"{model_key} needs {list(base.shape)}")
+                tensor = value.detach().to(device, torch.float32, copy=True)
+                if self.train_projections:
+                    tensor = torch.nn.Parameter(tensor, requires_grad=True)
+                self._projections[key] = tensor
+                offset = None if offset is None else offset.to(device)
+                weights.add(module, part, (lambda t=tensor, o=offset: t if o is None else t + o), place.chunk)
+        return weights
+
+    def _patch_offset(self, model_key: str, base: torch.Tensor) -> Optional[torch.Tensor]:
+        """What the MODEL's own weight patches (LoRAs) add to ``base`` at ``model_key`` (fp32), or None."""
+        patches = self.patcher.patches.get(model_key)
+        if not patches:
+            return None
+        return comfy.lora.calculate_weight(patches, base.clone(), model_key).to(torch.float32) - base
 
     def _loaded(self) -> bool:
         return all(comfy.utils.get_attr(self.patcher.model, name) is module for name, module in self._patched.items())
@@ -210,8 +287,12 @@ class ComfyDistillHost(SwitchedHost):
             for slot, module in list(unit.slots.items()):
                 if isinstance(module, TeacherForced):
                     unit.slots[slot] = module.student
+        for student in self._students.values():
+            student.projection_weights = None
         for layer in self._layers.values():
             layer.requires_grad_(False)
+        for tensor in self._projections.values():
+            tensor.requires_grad_(False)
         mm = comfy.model_management
         for i in reversed(range(len(mm.current_loaded_models))):
             loaded = mm.current_loaded_models[i]
@@ -247,6 +328,8 @@ class ComfyDistillHost(SwitchedHost):
         for (block, slot), layer in self._layers.items():
             for key, value in layer.state_dict().items():
                 tensors[layer_prefix(block, slot) + key] = value.detach().to("cpu", torch.float32).clone()
+        for key, value in self._projections.items():  # the fine-tuned tensors themselves (not plus any LoRA)
+            tensors[key] = value.detach().to("cpu", torch.float32).clone()
         return tensors
 
     # ------------------------------------------------------------------------------------------ conditioning

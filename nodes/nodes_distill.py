@@ -18,6 +18,7 @@ from comfy_api.latest import io
 from ..edit_core.adapter import Adapter, save_adapter
 from ..edit_core.distill.data import Stage, TensorDataset, check_resolution
 from ..edit_core.distill.plot import loss_curve_pixels
+from ..edit_core.distill.recipe import TRAIN_PROJECTIONS
 from ..edit_core.distill.sampling import sample_teacher
 from ..edit_core.distill.trainer import DistillConfig, DistillError, Trainer
 from .apply import BACKENDS, compute_dtype
@@ -244,6 +245,11 @@ class EDiTDistill(io.ComfyNode):
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True,
                                tooltip="Linear-attention kernels while training: auto (Triton on NVIDIA GPUs when "
                                        "installed, else PyTorch), torch or triton."),
+                io.Boolean.Input("train_projections", default=TRAIN_PROJECTIONS, optional=True,
+                                 tooltip="Also fine-tune each converted attention's own q/k/v/output projections "
+                                         "(and qk-norms; SD3 / SD3.5: the text stream's too), as the command line "
+                                         "does. The adapter then carries those tensors (larger file); the MODEL "
+                                         "itself is never changed."),
             ],
             outputs=[
                 EDiTAdapterType.Output(display_name="EDIT_ADAPTER",
@@ -258,7 +264,8 @@ class EDiTDistill(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, width: int, height: int, steps: int, learning_rate: float, batch_size: int,
                 samples_per_prompt: int, teacher_steps: int, cfg: float, seed: int, save_name: str,
-                negative=None, reduction: int = 4, backend: str = "auto") -> io.NodeOutput:
+                negative=None, reduction: int = 4, backend: str = "auto",
+                train_projections: bool = TRAIN_PROJECTIONS) -> io.NodeOutput:
         # every check before anything is loaded or trained
         path = adapter_save_path(save_name)
         check_resolution(int(width), 2, "width")
@@ -269,7 +276,8 @@ class EDiTDistill(io.ComfyNode):
         if samples_per_prompt < 1 or teacher_steps < 1:
             raise DistillError("samples_per_prompt and teacher_steps must be at least 1")
         with torch.inference_mode(False), torch.enable_grad():
-            with ComfyDistillHost(model, reduction=int(reduction), backend=backend, seed=int(seed)) as host:
+            with ComfyDistillHost(model, reduction=int(reduction), backend=backend, seed=int(seed),
+                                  train_projections=bool(train_projections)) as host:
                 spec = host.spec
                 cond, null = host.conditioning(positive, int(width), int(height), negative)
                 prompts = next(iter(cond.values())).shape[0]

@@ -13,7 +13,9 @@ Every patched unit is an ``AttentionSlots`` module: ``slots[slot]`` is what runs
 ``softmax_slots[slot]`` is the model's own softmax attention for it (used for slots that are not
 converted). Both are plain dicts, not registered children: the adapter layers live in their own
 ModelPatcher, and the softmax modules' children are the unit's own. Distillation (``nodes/distill_host``)
-wraps ``slots`` entries; ``layer_outputs`` says what a slot's output is after its output projection.
+wraps ``slots`` entries; ``layer_outputs`` says what a slot's output is after its output projection. A slot
+module may carry ``projection_weights`` (``nodes.projections.ProjectionWeights``, set only by distillation):
+the tensors it, and the unit's output projection after it, use instead of the model's own.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ class AttentionSlots(torch.nn.Module):
     slots: dict
     softmax_slots: dict
 
-    def layer_outputs(self, slot: str, output) -> dict[str, torch.Tensor]:
-        """``{suffix: tensor}``: a slot's output after its output projection ("" the image stream, ".text")."""
+    def layer_outputs(self, slot: str, output, weights=None) -> dict[str, torch.Tensor]:
+        """``{suffix: tensor}``: a slot's output after its output projection ("" the image stream, ".text");
+        ``weights``: the ``ProjectionWeights`` the output projection uses (None: the model's own)."""
         raise NotImplementedError
+
+
+def projection_weights(module):
+    """The ``ProjectionWeights`` a slot module runs with (None: the model's own weights)."""
+    return getattr(module, "projection_weights", None)
 
 
 @dataclass(frozen=True)

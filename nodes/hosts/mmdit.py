@@ -7,7 +7,9 @@ still apply) and follows ComfyUI's block mixing step by step — adaLN modulatio
 of the last block, the ``attn2`` dual-attention path, gated residuals and MLPs through the blocks' own
 ``post_attention``/``post_attention_x`` — except that each attention is its slot's module: "attn" the joint
 attention (text first, as ComfyUI concatenates), "attn2" the image-only one. An unconverted slot runs
-ComfyUI's own ``optimized_attention`` (``SoftmaxJointAttention`` / ``SoftmaxSelfAttention``).
+ComfyUI's own ``optimized_attention`` (``SoftmaxJointAttention`` / ``SoftmaxSelfAttention``). A slot module with
+``projection_weights`` (set only by distillation) runs on those tensors, and the block's output projections
+after it too (the same gated residual and MLP, with the student's ``proj``).
 
 MMDiT keeps the latent size in a local variable, so an ``APPLY_MODEL`` wrapper stores the token grid
 in ``transformer_options[GRID_KEY]``. Because the patch replaces whole joint blocks, it composes with
@@ -23,8 +25,8 @@ import torch
 import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 import comfy.patcher_extension
 
-from ..projections import fused_qkv_projections
-from .base import AttentionSlots, ComfyHost, SoftmaxAttention, is_softmax, slot_is_free
+from ..projections import apply_linear, fused_qkv_projections
+from .base import AttentionSlots, ComfyHost, SoftmaxAttention, is_softmax, projection_weights, slot_is_free
 
 GRID_KEY = "edit_token_grid"
 WRAPPER_KEY = "edit_token_grid"
@@ -82,8 +84,38 @@ def _modulated_dual(block, x: torch.Tensor, c: torch.Tensor):
             (x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2))
 
 
-def _projections(attn, like: torch.Tensor):
-    return fused_qkv_projections(attn.qkv, like, head_norm_query=attn.ln_q, head_norm_key=attn.ln_k)
+def _projections(attn, like: torch.Tensor, weights=None):
+    return fused_qkv_projections(attn.qkv, like, head_norm_query=attn.ln_q, head_norm_key=attn.ln_k, weights=weights)
+
+
+def _holds_projection(attn, weights) -> bool:
+    return weights is not None and attn.proj in weights
+
+
+def _post_projection(attn, output: torch.Tensor, weights=None) -> torch.Tensor:
+    """``attn.post_attention(output)``, with the student's ``proj`` tensors where ``weights`` holds them."""
+    if not _holds_projection(attn, weights):
+        return attn.post_attention(output)
+    return attn.proj_drop(apply_linear(attn.proj, output, weights))
+
+
+def _post_attention(block, attn_out, intermediates, weights=None):
+    """``block.post_attention(attn_out, *intermediates)`` (ComfyUI's own unless ``weights`` holds its ``proj``)."""
+    if not _holds_projection(block.attn, weights):
+        return block.post_attention(attn_out, *intermediates)
+    x, gate_msa, shift_mlp, scale_mlp, gate_mlp = intermediates
+    x = x + gate_msa.unsqueeze(1) * _post_projection(block.attn, attn_out, weights)
+    return x + gate_mlp.unsqueeze(1) * block.mlp(mmdit.modulate(block.norm2(x), shift_mlp, scale_mlp))
+
+
+def _post_attention_x(block, attn_out, attn2_out, intermediates, weights=None, weights2=None):
+    """``block.post_attention_x(...)`` (ComfyUI's own unless the weights hold ``attn.proj`` or ``attn2.proj``)."""
+    if not (_holds_projection(block.attn, weights) or _holds_projection(block.attn2, weights2)):
+        return block.post_attention_x(attn_out, attn2_out, *intermediates)
+    x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2 = intermediates
+    x = mmdit.gate_cat(x, gate_msa, gate_msa2, _post_projection(block.attn, attn_out, weights),
+                       _post_projection(block.attn2, attn2_out, weights2))
+    return x + gate_mlp.unsqueeze(1) * block.mlp(mmdit.modulate(block.norm2(x), shift_mlp, scale_mlp))
 
 
 def softmax_joint_attention(x_in, context_in, *, grid, x_attn, context_attn, image_rows_only, transformer_options):
@@ -114,7 +146,9 @@ class SoftmaxSelfAttention(SoftmaxAttention):
 
 
 class EDiTJointAttention(torch.nn.Module):
-    """The variant's joint attention (MM-EDiT) on the blocks' own projections."""
+    """The variant's joint attention (MM-EDiT) on the blocks' own projections (or ``projection_weights``')."""
+
+    projection_weights = None
 
     def __init__(self, layer, variant, *, eta: str, backend: str, gate=None):
         super().__init__()
@@ -131,13 +165,16 @@ class EDiTJointAttention(torch.nn.Module):
             return softmax_joint_attention(x_in, context_in, grid=grid, x_attn=x_attn, context_attn=context_attn,
                                            image_rows_only=image_rows_only, transformer_options=transformer_options)
         layer, variant = self._parts
-        return variant.joint_attention(layer, x_in, context_in, grid, _projections(x_attn, x_in),
-                                       _projections(context_attn, context_in), x_attn.num_heads, eta=self.eta,
+        weights = self.projection_weights
+        return variant.joint_attention(layer, x_in, context_in, grid, _projections(x_attn, x_in, weights),
+                                       _projections(context_attn, context_in, weights), x_attn.num_heads, eta=self.eta,
                                        image_rows_only=image_rows_only, backend=self.backend)
 
 
 class EDiTSelfAttention(torch.nn.Module):
-    """The variant's self-attention on an ``attn2`` layer's own projections."""
+    """The variant's self-attention on an ``attn2`` layer's own projections (or ``projection_weights``')."""
+
+    projection_weights = None
 
     def __init__(self, layer, variant, *, backend: str, gate=None):
         super().__init__()
@@ -151,8 +188,8 @@ class EDiTSelfAttention(torch.nn.Module):
         if self.gate is not None and not self.gate(x_in.shape[1]):
             return softmax_self_attention(x_in, grid=grid, attn=attn, transformer_options=transformer_options)
         layer, variant = self._parts
-        return variant.self_attention(layer, x_in, grid, _projections(attn, x_in), attn.num_heads,
-                                      backend=self.backend)
+        return variant.self_attention(layer, x_in, grid, _projections(attn, x_in, self.projection_weights),
+                                      attn.num_heads, backend=self.backend)
 
 
 class EDiTJointBlock(AttentionSlots):
@@ -174,13 +211,13 @@ class EDiTJointBlock(AttentionSlots):
     def extra_repr(self) -> str:
         return f"block={self.block}, " + ", ".join(f"{s}={type(m).__name__}" for s, m in self.slots.items())
 
-    def layer_outputs(self, slot: str, output) -> dict[str, torch.Tensor]:
+    def layer_outputs(self, slot: str, output, weights=None) -> dict[str, torch.Tensor]:
         if slot == "attn2":
-            return {"": self.x_block.attn2.post_attention(output)}
+            return {"": _post_projection(self.x_block.attn2, output, weights)}
         image, text = output
-        outputs = {"": self.x_block.attn.post_attention(image)}
+        outputs = {"": _post_projection(self.x_block.attn, image, weights)}
         if text is not None and not self.context_block.pre_only:
-            outputs[".text"] = self.context_block.attn.post_attention(text)
+            outputs[".text"] = _post_projection(self.context_block.attn, text, weights)
         return outputs
 
     def forward(self, context, x, c, use_checkpoint=False, transformer_options={}, **kwargs):
@@ -197,13 +234,15 @@ class EDiTJointBlock(AttentionSlots):
                                                   context_attn=context_block.attn,
                                                   image_rows_only=context_block.pre_only,
                                                   transformer_options=transformer_options)
-        context = None if context_block.pre_only else context_block.post_attention(context_attn,
-                                                                                    *context_intermediates)
+        weights = projection_weights(self.slots["attn"])
+        context = None if context_block.pre_only else _post_attention(context_block, context_attn,
+                                                                      context_intermediates, weights)
         if dual:
             attn2 = self.slots["attn2"](x_in2, grid=grid, attn=x_block.attn2, transformer_options=transformer_options)
-            x = x_block.post_attention_x(x_attn, attn2, *x_intermediates)
+            x = _post_attention_x(x_block, x_attn, attn2, x_intermediates, weights,
+                                  projection_weights(self.slots["attn2"]))
         else:
-            x = x_block.post_attention(x_attn, *x_intermediates)
+            x = _post_attention(x_block, x_attn, x_intermediates, weights)
         return context, x
 
 

@@ -4,7 +4,8 @@ Each converted block's ``diffusion_model.blocks.{i}.attn`` (ComfyUI's ``Attentio
 object-patched on a clone with ``EDiTPixArtAttention``, which re-registers the original
 ``qkv``/``proj``/``q_norm``/``k_norm`` children under the same names, so state-dict keys, LoRAs and
 ``add_patches`` weight patches still resolve. Its "attn" slot runs ``EDiTPixArtSelfAttention`` (the
-variant's self-attention on the teacher's own weights). Cross-attention is left alone. PixArt hands every
+variant's self-attention on the teacher's own weights, or on a ``ProjectionWeights`` table's tensors where
+distillation set one as its ``projection_weights``). Cross-attention is left alone. PixArt hands every
 self-attention ``HW`` = the latent size; the token grid is that over the patch size, rounded up as
 PatchEmbed pads.
 """
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..projections import fused_qkv_projections
+from ..projections import apply_linear, fused_qkv_projections
 from .base import AttentionSlots, ComfyHost, slot_is_free
 
 
@@ -33,7 +34,10 @@ def pixart_token_grid(num_tokens: int, latent_hw, patch_size: int) -> tuple[int,
 
 
 class EDiTPixArtSelfAttention(torch.nn.Module):
-    """The variant's self-attention with ``AttentionKVCompress``'s call signature, on the original's weights."""
+    """The variant's self-attention with ``AttentionKVCompress``'s call signature, on the original's weights
+    (``projection_weights``: a ``ProjectionWeights`` whose tensors replace them, set only by distillation)."""
+
+    projection_weights = None
 
     def __init__(self, original: torch.nn.Module, layer: torch.nn.Module, *, attention: Callable, patch_size: int,
                  backend: str = "auto", gate: Optional[Callable[[int], bool]] = None):
@@ -58,9 +62,10 @@ class EDiTPixArtSelfAttention(torch.nn.Module):
             return original(x, mask=mask, HW=HW, block_id=block_id)
         grid = pixart_token_grid(x.shape[1], HW, self.patch_size)
         projections = fused_qkv_projections(original.qkv, x, width_norm_query=getattr(original, "q_norm", None),
-                                            width_norm_key=getattr(original, "k_norm", None))
+                                            width_norm_key=getattr(original, "k_norm", None),
+                                            weights=self.projection_weights)
         y = attention(layer, x, grid, projections, self.num_heads, backend=self.backend)
-        return original.proj(y)
+        return apply_linear(original.proj, y, self.projection_weights)
 
 
 class EDiTPixArtAttention(AttentionSlots):
@@ -83,8 +88,8 @@ class EDiTPixArtAttention(AttentionSlots):
     def forward(self, x: torch.Tensor, mask=None, HW=None, block_id=None, **kwargs) -> torch.Tensor:
         return self.slots["attn"](x, mask=mask, HW=HW, block_id=block_id)
 
-    def layer_outputs(self, slot: str, output) -> dict[str, torch.Tensor]:
-        return {"": output}
+    def layer_outputs(self, slot: str, output, weights=None) -> dict[str, torch.Tensor]:
+        return {"": output}  # the slot's output is already projected
 
 
 def _accepts(diffusion_model) -> bool:

@@ -494,7 +494,8 @@ def test_distill_node_runs_two_steps_and_saves_an_adapter_of_the_family(comfy_en
     from edit_core.adapter import init_adapter_from_teacher
 
     start = init_adapter_from_teacher(tiny.state_dict, distill_family, reduction=4, seed=0)
-    assert adapter.tensors.keys() == start.tensors.keys()
+    finetuned = {f"blocks.{b}.{s}.{k}" for b, s in adapter.config.layers() for k in adapter.finetuned(b, s)}
+    assert finetuned and adapter.tensors.keys() - finetuned == start.tensors.keys()  # (train_projections: default)
     assert any(not torch.equal(adapter.tensors[k], start.tensors[k]) for k in start.tensors)
     # and it applies to its teacher
     (patched,) = comfy_env.node("EDiTApply").execute(model=tiny.model, adapter=adapter)
