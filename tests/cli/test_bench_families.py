@@ -27,9 +27,9 @@ def test_a_registered_family_without_benchmark_shapes_is_a_one_line_error(capsys
 
 
 def test_joint_families_get_the_joint_section_and_others_the_self_attention_ones():
-    assert set(bench.family_sections("sd35_medium")) == {"joint", "tf-joint", "op-bw", "model"}
-    assert set(bench.family_sections("pixart_sigma")) == {"op", "layer", "block", "tf-layer", "tf-block", "op-bw",
-                                                          "model"}
+    assert set(bench.family_sections("sd35_medium")) == {"joint", "tf-joint", "memory", "op-bw", "model"}
+    assert set(bench.family_sections("pixart_sigma")) == {"op", "layer", "block", "tf-layer", "tf-block", "memory",
+                                                          "op-bw", "model"}
 
 
 def test_full_model_configs_are_the_registry_reference_configs():
