@@ -199,6 +199,10 @@ def cmd_quality(args: argparse.Namespace) -> int:
             raise CommandError(f"--variants: {', '.join(sorted(set(variants) - known))} cannot be distilled for "
                                f"{', '.join(families)}; choose from {', '.join(sorted(known))}")
     if args.out:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise CommandError(f"cannot create --out '{args.out}': {e.strerror or e}") from None
         _check_output(os.path.join(args.out, "QUALITY.md"))
     quality.run(families, args.out, quick=args.quick, steps=args.steps, variants=variants, parts=parts,
                 log=lambda line: print(line, flush=True))

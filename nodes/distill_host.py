@@ -52,6 +52,7 @@ from ..edit_core.distill.host import MODES, Conditioning, LayerPair, ModeSwitch,
 from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
 from ..edit_core.distill.trainer import DistillError
 from ..edit_core.families import get_family, tensor_place
+from ..edit_core.variants import get_variant, list_variants
 from .apply import ADDITIONAL_MODELS_KEY, ATTACHMENT_KEY, MODEL_PREFIX, _original_weight, apply_edit
 from .hosts import AttentionSlots, describe_model
 from .hosts.base import projection_weights
@@ -147,15 +148,21 @@ class ComfyDistillHost(SwitchedHost):
     ``requires_grad`` flags."""
 
     def __init__(self, model, adapter: Optional[Adapter] = None, *, train_projections: bool = False,
-                 reduction: int = 4, backend: str = "auto", seed: int = 0):
+                 reduction: int = 4, backend: str = "auto", seed: int = 0, variant: Optional[str] = None):
         spec, comfy_host = describe_model(model)  # EDiTModelError for a MODEL of no supported family
         diffusion_model = model.get_model_object("diffusion_model")
         if adapter is None:
             if reduction < 1 or spec.hidden_size % reduction:
                 raise DistillError(f"reduction {reduction} does not divide the model's width {spec.hidden_size}; "
                                    f"use a divisor such as 4")
+            variant = variant or spec.record.default_variant
+            usable = [v for v in list_variants() if get_variant(v).trainable and get_variant(v).converts(spec.record)]
+            if variant not in usable:
+                raise DistillError(f"variant {variant!r} cannot be distilled for {spec.title}; choose one of "
+                                   f"{', '.join(usable)}")
             adapter = init_adapter_from_teacher(diffusion_model.state_dict(keep_vars=True), spec.family,
-                                                num_heads=spec.num_heads, reduction=reduction, seed=seed)
+                                                num_heads=spec.num_heads, reduction=reduction, seed=seed,
+                                                variant=variant)
         starting = adapter
         finetuned_keys = {layer_prefix(b, s) + name for b, s in adapter.config.layers()
                           for name in adapter.finetuned(b, s)}

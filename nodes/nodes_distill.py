@@ -21,6 +21,7 @@ from ..edit_core.distill.plot import loss_curve_pixels
 from ..edit_core.distill.recipe import TRAIN_PROJECTIONS
 from ..edit_core.distill.sampling import sample_teacher
 from ..edit_core.distill.trainer import DistillConfig, DistillError, Trainer
+from ..edit_core.variants import get_variant, list_variants
 from .apply import BACKENDS, compute_dtype
 from .distill_host import ComfyDistillHost
 from .events import DISTILL_EVENT, distill_progress, send_event
@@ -28,6 +29,7 @@ from .io_types import EDiTAdapterType
 from .model_folder import register_model_folder
 
 CATEGORY = "EDiT"
+VARIANT_OPTIONS = ["default"] + [v for v in list_variants() if get_variant(v).trainable]
 log = logging.getLogger("ComfyUI-EDiT")
 
 EXTENSION = ".safetensors"
@@ -250,6 +252,11 @@ class EDiTDistill(io.ComfyNode):
                                          "(and qk-norms; SD3 / SD3.5: the text stream's too), as the command line "
                                          "does. The adapter then carries those tensors (larger file); the MODEL "
                                          "itself is never changed."),
+                io.Combo.Input("variant", options=VARIANT_OPTIONS, default="default", optional=True,
+                               tooltip="Attention variant of the new adapter: default (EDiT for PixArt, MM-EDiT "
+                                       "for SD3 / SD3.5) or one of the paper's baselines, to compare (sana, "
+                                       "linfusion, edit_no_convfusion: PixArt; mm_linear: SD3 / SD3.5; "
+                                       "kv_compress: both)."),
             ],
             outputs=[
                 EDiTAdapterType.Output(display_name="EDIT_ADAPTER",
@@ -265,7 +272,7 @@ class EDiTDistill(io.ComfyNode):
     def execute(cls, model, positive, width: int, height: int, steps: int, learning_rate: float, batch_size: int,
                 samples_per_prompt: int, teacher_steps: int, cfg: float, seed: int, save_name: str,
                 negative=None, reduction: int = 4, backend: str = "auto",
-                train_projections: bool = TRAIN_PROJECTIONS) -> io.NodeOutput:
+                train_projections: bool = TRAIN_PROJECTIONS, variant: str = "default") -> io.NodeOutput:
         # every check before anything is loaded or trained
         path = adapter_save_path(save_name)
         check_resolution(int(width), 2, "width")
@@ -277,7 +284,8 @@ class EDiTDistill(io.ComfyNode):
             raise DistillError("samples_per_prompt and teacher_steps must be at least 1")
         with torch.inference_mode(False), torch.enable_grad():
             with ComfyDistillHost(model, reduction=int(reduction), backend=backend, seed=int(seed),
-                                  train_projections=bool(train_projections)) as host:
+                                  train_projections=bool(train_projections),
+                                  variant=None if variant in (None, "default") else str(variant)) as host:
                 spec = host.spec
                 cond, null = host.conditioning(positive, int(width), int(height), negative)
                 prompts = next(iter(cond.values())).shape[0]

@@ -192,3 +192,24 @@ def test_distill_node_trains_projections_when_asked(comfy_env, sd3, train):
     finetuned = {b_s: loaded.finetuned(*b_s) for b_s in loaded.config.layers()}
     assert all(bool(names) == train for names in finetuned.values()), finetuned
     assert loaded.config.training["trainable"] == ("adapter+projections" if train else "adapter")
+
+
+@pytest.mark.parametrize("variant", ["sana", "kv_compress"])
+def test_distill_node_makes_a_baseline_variant(comfy_env, pixart, variant):
+    """The paper's baselines are distillable from the node too: the saved adapter is of that variant."""
+    node = comfy_env.node("EDiTDistill")
+    with torch.inference_mode():
+        adapter, _ = node.execute(model=pixart.model, positive=conditioning("pixart_sigma", seed=1, length=8), width=288,
+                                  height=288, steps=1, learning_rate=1e-3, batch_size=1, samples_per_prompt=1,
+                                  teacher_steps=1, cfg=1.0, seed=0, save_name=f"variant_{variant}", variant=variant)
+    (loaded,) = comfy_env.node("EDiTAdapterLoader").execute(adapter_name=os.path.basename(adapter.source))
+    assert loaded.config.variant == variant and loaded.config.training["stage"] == "distilled"
+
+
+def test_distill_node_refuses_a_variant_of_another_family(comfy_env, pixart):
+    node = comfy_env.node("EDiTDistill")  # (the pack's own DistillError class: ComfyUI loads it as a package)
+    with torch.inference_mode(), pytest.raises(ValueError, match="mm_linear.*cannot be distilled for PixArt") as e:
+        node.execute(model=pixart.model, positive=conditioning("pixart_sigma", seed=1, length=8), width=288, height=288,
+                     steps=1, learning_rate=1e-3, batch_size=1, samples_per_prompt=1, teacher_steps=1, cfg=1.0, seed=0,
+                     save_name="variant_refused", variant="mm_linear")
+    assert type(e.value).__name__ == "DistillError"
