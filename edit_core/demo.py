@@ -4,7 +4,7 @@
     init     the starting adapter (``init_adapter_from_teacher``), saved and loaded back (the real file format)
     sample   the teacher's samples from fixed noise (DDIM, ``distill.sampling.sample``)
     untrained  ``apply_edit`` with the starting adapter, samples from the same noise, ``remove_edit``
-    distill  ``quick_distill`` with explicit settings: a short data-free distillation of the adapter
+    distill  a short distillation with the default recipe (``distill_on_crops``) on crops of the teacher's photos
     distilled  ``apply_edit`` with the distilled adapter, samples from the same noise, ``remove_edit`` and a
              check that the teacher's predictions come back bit for bit
     write    one PNG (rows: teacher, untrained, distilled; one column per noise) and the distilled adapter,
@@ -49,10 +49,10 @@ class DemoOptions:
     out: str = DEFAULT_OUT
     samples: int = 4
     sampling_steps: int = 20
-    distill_steps: int = 30
-    distill_lr: float = 3e-2
-    distill_batch: int = 4
-    distill_items: int = 8
+    distill_steps: int = 60
+    distill_lr: Optional[float] = None  # None: the default recipe's rate for the model's width
+    distill_batch: int = 8
+    distill_items: int = 256  # training crops of the teacher's photos (never its held-out crops)
     zoom: int = 4  # pixels per latent pixel in the PNG
     seed: int = 0
 
@@ -146,33 +146,42 @@ class DistillRun:
 
 
 def distill_on_crops(model, heldout: dict, options: DemoOptions) -> DistillRun:
-    """A short data-free-style distillation through the trainer's public API, every setting explicit: the
-    teacher's own held-out photo crops stand in for teacher samples (the distribution the demo samples from),
-    layer-feature and output losses with the default ``LossWeights``. The teacher is given back plain."""
+    """A short distillation through the trainer's public API with the default recipe's choices made explicit
+    (``edit_core.distill.recipe``: projections trained, the width's learning rate, layer-feature and output
+    losses, no task loss) on random crops of the teacher's own training photos (``photo_crops``; crop seed 1,
+    neither the teacher's nor the held-out set's). The error before and after is measured on the held-out
+    crops. The teacher is given back plain."""
+    from .distill import recipe
     from .distill.data import Stage, TensorDataset
     from .distill.diffusers_host import DiffusersDistillHost
     from .distill.evaluation import prediction_error
     from .distill.losses import LossWeights
     from .distill.schedules import schedule_for
     from .distill.trainer import DistillConfig, Trainer
+    from .tiny_teachers import photo_crops
 
-    items = options.distill_items
-    x0 = heldout["x0"][:items]
-    caption = heldout["encoder_hidden_states"][:items]
-    dataset = TensorDataset((x0, {"encoder_hidden_states": caption}),
-                            null_cond={"encoder_hidden_states": torch.zeros(1, *caption.shape[1:])})
+    x0 = photo_crops(options.distill_items, seed=1)
+    caption = heldout["encoder_hidden_states"][:1].expand(x0.shape[0], *heldout["encoder_hidden_states"].shape[1:])
+    null = {"encoder_hidden_states": torch.zeros(1, *caption.shape[1:])}
+    dataset = TensorDataset((x0, {"encoder_hidden_states": caption.contiguous()}), null_cond=null)
+    rows = min(32, heldout["x0"].shape[0])
+    evaluation = TensorDataset((heldout["x0"][:rows], {"encoder_hidden_states": heldout["encoder_hidden_states"][:rows]}),
+                               null_cond=null)
     schedule = schedule_for(FAMILY)
     torch.manual_seed(options.seed)
-    host = DiffusersDistillHost(model, train_projections=False, seed=options.seed)
-    config = DistillConfig(steps=options.distill_steps, batch_size=options.distill_batch, lr=options.distill_lr,
-                           lr_schedule="constant", warmup_steps=0, weights=LossWeights(), uncond_prob=0.0,
-                           ema_decay=None, log_every=1, seed=options.seed)
+    host = DiffusersDistillHost(model, train_projections=recipe.TRAIN_PROJECTIONS, seed=options.seed)
+    lr = options.distill_lr or recipe.learning_rate(host.adapter_config.hidden_size)
+    options.distill_lr = lr
+    config = DistillConfig(steps=options.distill_steps, batch_size=options.distill_batch, lr=lr,
+                           lr_schedule="constant", warmup_steps=recipe.WARMUP_STEPS,
+                           weights=LossWeights(recipe.TASK_WEIGHT, recipe.KD_WEIGHT, recipe.FEATURE_WEIGHT),
+                           uncond_prob=0.0, ema_decay=None, log_every=1, seed=options.seed)
     started = time.perf_counter()
     try:
-        before = prediction_error(host, dataset, schedule)
+        before = prediction_error(host, evaluation, schedule)
         result = Trainer(host, [dataset], [Stage(x0.shape[-1] * 8, 0, options.distill_steps)], schedule, config,
                          training_info={"teacher": "tiny trained pixart_sigma (demo)"}).run()
-        after = prediction_error(host, dataset, schedule)
+        after = prediction_error(host, evaluation, schedule)
     finally:
         host.restore()
     return DistillRun(result.adapter, result.steps, time.perf_counter() - started, before, after)
@@ -247,9 +256,10 @@ def run_demo(options: Optional[DemoOptions] = None, log: Callable[[str], None] =
 
     run = distill_on_crops(model, heldout, o)
     improved = run.error_after < run.error_before
-    log(f"[distill]   {run.steps} steps (batch {o.distill_batch}, AdamW lr {o.distill_lr:g}, layer-feature + output "
-        f"losses) on {o.distill_items} of the teacher's photo crops, {run.seconds:.1f} s; the student's prediction "
-        f"error vs the teacher {run.error_before:.3f} → {run.error_after:.3f} "
+    log(f"[distill]   {run.steps} steps (batch {o.distill_batch}, AdamW lr {o.distill_lr:g}, projections trained, "
+        f"layer-feature + output losses: the default recipe) on {o.distill_items} crops of the teacher's training "
+        f"photos, {run.seconds:.1f} s; the student's prediction error vs the teacher on held-out crops "
+        f"{run.error_before:.3f} → {run.error_after:.3f} "
         f"({run.error_before / max(run.error_after, 1e-30):.1f}× {'lower' if improved else 'NOT lower'})")
 
     apply_edit(model, run.adapter)
