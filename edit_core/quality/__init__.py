@@ -42,8 +42,7 @@ def run(families: Sequence[str], out_dir: Optional[str], *, quick: bool = False,
     for family in families:
         if "distilled" in parts:
             chosen = [v for v in (variants or distilled.distillable(family)) if v in distilled.distillable(family)]
-            fresh["distilled"][family] = distilled.evaluate(family, budget, variants=chosen or None, log=log,
-                                                            work_dir=out_dir)
+            fresh["distilled"][family] = distilled.evaluate(family, budget, variants=chosen or None, log=log)
         if "training_free" in parts:
             fresh["training_free"] += training_free.evaluate(
                 family, QUICK_SETTINGS if quick else training_free.DEFAULT_SETTINGS, log=log,
