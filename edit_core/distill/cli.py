@@ -28,12 +28,14 @@ from . import recipe
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DESCRIPTION = (
-    "Distil an EDiT (PixArt-Sigma/Alpha) or MM-EDiT (SD3-Medium, SD3.5-Medium/Large) adapter from your own diffusers teacher. Data-free "
-    "by default: the teacher samples one latent per prompt and resolution stage (cached in --work-dir with the "
-    "text embeddings); the student (teacher + EDiT attention; only the new attention layers train, plus the "
-    "attention projections with --train-projections) learns from per-layer attention outputs and the teacher's "
-    "predictions (L = w_task·L_task + 0.5·L_kd + 0.5·L_feat; the task loss only with --images). Checkpoints every "
-    "--checkpoint-every steps; --resume continues exactly. Works under torchrun (one process per GPU).")
+    "Distil an EDiT (PixArt-Sigma/Alpha) or MM-EDiT (SD3-Medium, SD3.5-Medium/Large) adapter, or one of the paper's "
+    "baselines (--variant), from your own diffusers teacher, with the default recipe of edit_core/distill/recipe.py. "
+    "Data-free by default: the teacher samples one latent per prompt and resolution stage (cached in --work-dir with "
+    "the text embeddings); --images DIR or --latents FILE train on real data instead, which helps when you have it. "
+    "The student (teacher + EDiT attention; the new layers and the converted attentions' own projections train) "
+    "learns from per-layer attention outputs and the teacher's predictions (L = 0.5·L_kd + 0.5·L_feat, plus "
+    "--task-weight·L_task on real data). Checkpoints every --checkpoint-every steps; --resume continues exactly. "
+    "Works under torchrun (one process per GPU).")
 
 EPILOG = """examples:
   python -m edit_core distill --teacher PixArt-Sigma-XL-2-1024-MS --prompts prompts.txt --out edit.safetensors \\
