@@ -36,6 +36,7 @@ import torch
 from ..families import get_family
 from ..tiny_teachers import load_heldout, load_tiny_teacher, photo_crops, predict, teacher_path
 from ..variants import get_variant, list_variants
+from .training_free import relative_error, sample_with
 
 CROP_SEED = 1
 TEACHER_ARGS = {"pixart_sigma": [], "sd35_medium": ["--flow-shift", "1"]}
@@ -65,11 +66,15 @@ def distillable(family: str) -> list[str]:
     return sorted(names, key=lambda v: (v != record.default_variant, v))
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30))
-
-
 # ---------------------------------------------------------------------------------------------- distilling
+
+def heldout_batches(heldout: dict, family: str, items: int, size: int = 32):
+    """(noisy latents, timesteps, conditioning) of the first ``items`` held-out crops, ``size`` at a time."""
+    keys = [k for k in get_family(family).conditioning if k in heldout]
+    for start in range(0, items, size):
+        rows = slice(start, min(items, start + size))
+        yield heldout["noisy"][rows], heldout["timestep"][rows], {k: heldout[k][rows] for k in keys}
+
 
 def write_inputs(family: str, folder: str, budget: Budget) -> dict:
     """The files ``distill`` reads: one prompt, its text embeddings (the teacher's constant caption), and the
@@ -121,12 +126,8 @@ def distill(family: str, variant: str, budget: Budget, folder: str, paths: dict,
         if step % budget.curve_every and step != budget.steps:
             return
         with torch.no_grad():
-            preds = []
-            for start in range(0, items, 32):
-                rows = slice(start, min(items, start + 32))
-                cond = {k: heldout[k][rows] for k in get_family(family).conditioning if k in heldout}
-                preds.append(host.predict(heldout["noisy"][rows], heldout["timestep"][rows], cond,
-                                          mode="student")[:, :channels].float())
+            preds = [host.predict(x, t, cond, mode="student")[:, :channels].float()
+                     for x, t, cond in heldout_batches(heldout, family, items)]
         curve.append((step, relative_error(torch.cat(preds), reference)))
 
     started = time.perf_counter()
@@ -148,10 +149,8 @@ def layer_errors(teacher, adapter, heldout: dict, family: str, items: int) -> di
 
     host = DiffusersDistillHost(copy.deepcopy(teacher), adapter)
     sums: dict[str, list[float]] = {}
-    for start in range(0, items, 32):
-        rows = slice(start, min(items, start + 32))
-        cond = {k: heldout[k][rows] for k in get_family(family).conditioning if k in heldout}
-        _, pairs = host.teacher_forced(heldout["noisy"][rows], heldout["timestep"][rows], cond)
+    for x, t, cond in heldout_batches(heldout, family, items):
+        _, pairs = host.teacher_forced(x, t, cond)
         for pair in pairs:
             diff = (pair.student.double() - pair.teacher.double()).pow(2).sum().item()
             ref = pair.teacher.double().pow(2).sum().item()
@@ -163,8 +162,6 @@ def layer_errors(teacher, adapter, heldout: dict, family: str, items: int) -> di
 
 def measure(teacher, student, adapter, family: str, heldout: dict, reference: torch.Tensor, budget: Budget,
             samples_reference: torch.Tensor, noise: torch.Tensor, cond: dict) -> dict:
-    from .training_free import sample_with
-
     prediction = predict(student, heldout, family, items=budget.items)
     target = heldout["target"][:budget.items]
     row = {"output_error": relative_error(prediction, reference),
@@ -183,7 +180,6 @@ def evaluate(family: str, budget: Budget = Budget(), *, variants: Optional[list[
     """Distil and measure every variant of ``family`` (or ``variants``); see the module docstring."""
     from ..adapter import init_adapter_from_teacher
     from ..integrations.diffusers import apply_edit, apply_training_free
-    from .training_free import sample_with
 
     family = get_family(family).name
     torch.manual_seed(budget.seed)
