@@ -52,7 +52,7 @@ from ..edit_core.distill.host import MODES, Conditioning, LayerPair, ModeSwitch,
 from ..edit_core.distill.schedules import DDPMSchedule, FlowSchedule
 from ..edit_core.distill.trainer import DistillError
 from ..edit_core.families import get_family, tensor_place
-from ..edit_core.variants import get_variant, list_variants
+from ..edit_core.variants import distillable_variants
 from .apply import ADDITIONAL_MODELS_KEY, ATTACHMENT_KEY, MODEL_PREFIX, _original_weight, apply_edit
 from .hosts import AttentionSlots, describe_model
 from .hosts.base import projection_weights
@@ -156,7 +156,7 @@ class ComfyDistillHost(SwitchedHost):
                 raise DistillError(f"reduction {reduction} does not divide the model's width {spec.hidden_size}; "
                                    f"use a divisor such as 4")
             variant = variant or spec.record.default_variant
-            usable = [v for v in list_variants() if get_variant(v).trainable and get_variant(v).converts(spec.record)]
+            usable = distillable_variants(spec.record)
             if variant not in usable:
                 raise DistillError(f"variant {variant!r} cannot be distilled for {spec.title}; choose one of "
                                    f"{', '.join(usable)}")

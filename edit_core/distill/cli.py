@@ -90,11 +90,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "sana, linfusion, edit_no_convfusion, kv_compress (PixArt), mm_linear, kv_compress (SD3)")
     a("--no-attn2", action="store_true", help="SD3.5-M: keep the dual-attention attn2 layers softmax")
     a("--images", default=None, metavar="DIR", help="train on these images (VAE-encoded; captions from NAME.txt) "
-                                                    "instead of teacher samples; enables the task loss")
+                                                    "instead of teacher samples (real data: --task-weight applies)")
     a("--latents", default=None, metavar="FILE",
       help="train on these clean latents, already in the teacher's latent space (safetensors: 'latents' "
            "[N, C, h, w], optional 'prompt_index' [N] rows of the prompt file / text embeddings; without it row i "
-           "uses prompt i, or prompt 0 when there is one); enables the task loss; the resolution follows from h, w")
+           "uses prompt i, or prompt 0 when there is one): real data, as with --images; the resolution follows from h, w")
     a("--text-embeddings", default=None, metavar="FILE",
       help="precomputed prompt embeddings (safetensors: prompt_embeds [P,L,D], prompt_attention_mask, "
            "pooled_prompt_embeds, optional negative_*); one row per prompt")
@@ -196,7 +196,7 @@ def _numbers(args) -> None:
 
 def _check_variant(args, info, init_adapter) -> None:
     from ..families import get_family
-    from ..variants import get_variant, list_variants
+    from ..variants import distillable_variants
 
     if args.variant is None:
         return
@@ -206,7 +206,7 @@ def _check_variant(args, info, init_adapter) -> None:
                                       "adapter; leave one out")
         return
     family = get_family(info.family)
-    usable = [v for v in list_variants() if get_variant(v).trainable and get_variant(v).converts(family)]
+    usable = distillable_variants(family)
     if args.variant not in usable:
         raise DistillCommandError(f"--variant {args.variant!r} cannot be distilled for {family.title}; choose one of "
                                   f"{', '.join(usable)}")

@@ -35,7 +35,7 @@ import torch
 
 from ..families import get_family
 from ..tiny_teachers import load_heldout, load_tiny_teacher, photo_crops, predict, teacher_path
-from ..variants import get_variant, list_variants
+from ..variants import distillable_variants
 from .training_free import relative_error, sample_with
 
 CROP_SEED = 1
@@ -61,9 +61,7 @@ QUICK = Budget(steps=3, batch=2, crops=8, curve_every=3, items=4, sample_items=1
 
 def distillable(family: str) -> list[str]:
     """The family's distillable variants, its default first."""
-    record = get_family(family)
-    names = [v for v in list_variants() if get_variant(v).trainable and get_variant(v).converts(record)]
-    return sorted(names, key=lambda v: (v != record.default_variant, v))
+    return distillable_variants(get_family(family))
 
 
 # ---------------------------------------------------------------------------------------------- distilling

@@ -72,6 +72,12 @@ def list_variants() -> list[str]:
     return sorted(_VARIANTS)
 
 
+def distillable_variants(family) -> list[str]:
+    """The variants an adapter can be distilled in for ``family`` (a ``Family`` record), its default first."""
+    names = [name for name, v in _VARIANTS.items() if v.trainable and v.converts(family)]
+    return sorted(names, key=lambda name: (name != family.default_variant, name))
+
+
 def _build_edit_layer(channels: int, *, reduction: int = 4, dtype=None, device=None, operations=None):
     return EDiTLayerAdapter(channels, reduction, dtype=dtype, device=device, operations=operations)
 
@@ -112,4 +118,4 @@ register_variant(AttentionVariant(
     build_layer=baselines.NoWeights, self_attention=baselines.sana_self_attention,
     joint_attention=baselines.mm_linear_joint_attention))
 
-__all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants"]
+__all__ = ["AttentionVariant", "register_variant", "get_variant", "list_variants", "distillable_variants"]
