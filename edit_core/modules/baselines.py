@@ -33,15 +33,11 @@ from torch import nn
 from ..ops import linear_attention
 from .functional import Projections, compressed_key_value
 from .spatial_compressor import SpatialCompressor
-from .tokens import grid_to_tokens, merge_heads, split_heads, tokens_to_grid
+from .tokens import grid_to_tokens, merge_heads, projected_heads, split_heads, tokens_to_grid
 
 
 def _norm(fn, x):
     return x if fn is None else fn(x)
-
-
-def _heads(fn, x: torch.Tensor, heads: int, norm=None) -> torch.Tensor:
-    return _norm(norm, split_heads(fn(x), heads))
 
 
 def elu_feature(x: torch.Tensor) -> torch.Tensor:
@@ -64,9 +60,9 @@ class NoWeights(nn.Module):
 
 def sana_self_attention(layer: nn.Module, x: torch.Tensor, grid, proj: Projections, heads: int, *,
                         eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
-    q = F.relu(_heads(proj.query, x, heads, proj.norm_query))
-    k = F.relu(_heads(proj.key, x, heads, proj.norm_key))
-    v = _heads(proj.value, x, heads)
+    q = F.relu(projected_heads(proj.query, x, heads, proj.norm_query))
+    k = F.relu(projected_heads(proj.key, x, heads, proj.norm_key))
+    v = projected_heads(proj.value, x, heads)
     return merge_heads(linear_attention(q, k, v, eps=eps, backend=backend))
 
 
@@ -76,16 +72,16 @@ def mm_linear_joint_attention(layer: nn.Module, image: torch.Tensor, text: torch
                               backend: str = "auto") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Fully linear joint attention: one ReLU linear attention over all keys (text and image), read by
     every query (image rows, and text rows unless ``image_rows_only``)."""
-    q_image = F.relu(_heads(image_proj.query, image, heads, image_proj.norm_query))
-    k_image = F.relu(_heads(image_proj.key, image, heads, image_proj.norm_key))
-    v_image = _heads(image_proj.value, image, heads)
-    k_text = F.relu(_heads(text_proj.key, text, heads, text_proj.norm_key))
-    v_text = _heads(text_proj.value, text, heads)
+    q_image = F.relu(projected_heads(image_proj.query, image, heads, image_proj.norm_query))
+    k_image = F.relu(projected_heads(image_proj.key, image, heads, image_proj.norm_key))
+    v_image = projected_heads(image_proj.value, image, heads)
+    k_text = F.relu(projected_heads(text_proj.key, text, heads, text_proj.norm_key))
+    v_text = projected_heads(text_proj.value, text, heads)
     keys, values = torch.cat([k_text, k_image], dim=2), torch.cat([v_text, v_image], dim=2)
     image_rows = merge_heads(linear_attention(q_image, keys, values, eps=eps, backend=backend))
     if image_rows_only:
         return image_rows, None
-    q_text = F.relu(_heads(text_proj.query, text, heads, text_proj.norm_query))
+    q_text = F.relu(projected_heads(text_proj.query, text, heads, text_proj.norm_query))
     return image_rows, merge_heads(linear_attention(q_text, keys, values, eps=eps, backend=backend))
 
 
@@ -129,9 +125,9 @@ class LinFusionLayer(nn.Module):
 
 def linfusion_self_attention(layer: LinFusionLayer, x: torch.Tensor, grid, proj: Projections, heads: int, *,
                              eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
-    q = elu_feature(_heads(proj.query, layer.mapped("query", x), heads, proj.norm_query))
-    k = elu_feature(_heads(proj.key, layer.mapped("key", x), heads, proj.norm_key))
-    v = _heads(proj.value, x, heads)
+    q = elu_feature(projected_heads(proj.query, layer.mapped("query", x), heads, proj.norm_query))
+    k = elu_feature(projected_heads(proj.key, layer.mapped("key", x), heads, proj.norm_key))
+    v = projected_heads(proj.value, x, heads)
     return merge_heads(linear_attention(q, k, v, eps=eps, backend=backend))
 
 
@@ -154,7 +150,7 @@ class CompressorsOnly(nn.Module):
 
 def edit_no_convfusion_self_attention(layer: CompressorsOnly, x: torch.Tensor, grid, proj: Projections, heads: int,
                                       *, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
-    q = F.relu(_heads(proj.query, x, heads, proj.norm_query))
+    q = F.relu(projected_heads(proj.query, x, heads, proj.norm_query))
     k, v = compressed_key_value(layer, proj.key(x), proj.value(x), grid, heads, proj.norm_key)
     return merge_heads(linear_attention(q, k, v, eps=eps, backend=backend))
 
@@ -192,7 +188,7 @@ class LearnedKVCompression(nn.Module):
 
 def learned_kv_self_attention(layer: LearnedKVCompression, x: torch.Tensor, grid, proj: Projections, heads: int, *,
                               eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
-    q = _heads(proj.query, x, heads, proj.norm_query)
+    q = projected_heads(proj.query, x, heads, proj.norm_query)
     k = _norm(proj.norm_key, split_heads(layer.compress(proj.key(x), grid), heads))
     v = split_heads(layer.compress(proj.value(x), grid), heads)
     return merge_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype)))
@@ -205,15 +201,15 @@ def learned_kv_joint_attention(layer: LearnedKVCompression, image: torch.Tensor,
     """Softmax joint attention over [text keys, compressed image keys]; image and text rows both read it."""
     k_image = _norm(image_proj.norm_key, split_heads(layer.compress(image_proj.key(image), grid), heads))
     v_image = split_heads(layer.compress(image_proj.value(image), grid), heads)
-    k_text = _heads(text_proj.key, text, heads, text_proj.norm_key)
-    v_text = _heads(text_proj.value, text, heads)
+    k_text = projected_heads(text_proj.key, text, heads, text_proj.norm_key)
+    v_text = projected_heads(text_proj.value, text, heads)
     keys = torch.cat([k_text, k_image.to(k_text.dtype)], dim=2)
     values = torch.cat([v_text, v_image.to(v_text.dtype)], dim=2)
-    q_image = _heads(image_proj.query, image, heads, image_proj.norm_query)
+    q_image = projected_heads(image_proj.query, image, heads, image_proj.norm_query)
     image_rows = merge_heads(F.scaled_dot_product_attention(q_image, keys, values))
     if image_rows_only:
         return image_rows, None
-    q_text = _heads(text_proj.query, text, heads, text_proj.norm_query)
+    q_text = projected_heads(text_proj.query, text, heads, text_proj.norm_query)
     return image_rows, merge_heads(F.scaled_dot_product_attention(q_text, keys, values))
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..ops.kv_compression import RATIOS, TEMPERATURES, kv_compressed_attention, kv_compressed_joint_attention
 from .functional import Projections
-from .tokens import merge_heads, split_heads
+from .tokens import merge_heads, projected_heads
 
 
 class KVCompression(nn.Module):
@@ -33,17 +33,12 @@ class KVCompression(nn.Module):
         return None
 
 
-def _heads(fn, x: torch.Tensor, heads: int, norm=None) -> torch.Tensor:
-    t = split_heads(fn(x), heads)
-    return t if norm is None else norm(t)
-
-
 def kv_compressed_self_attention(layer: KVCompression, x: torch.Tensor, grid, proj: Projections, heads: int, *,
                                  eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
     """x [B, N, C] → [B, N, C] before the output projection."""
-    q = _heads(proj.query, x, heads, proj.norm_query)
-    k = _heads(proj.key, x, heads, proj.norm_key)
-    v = _heads(proj.value, x, heads)
+    q = projected_heads(proj.query, x, heads, proj.norm_query)
+    k = projected_heads(proj.key, x, heads, proj.norm_key)
+    v = projected_heads(proj.value, x, heads)
     return merge_heads(kv_compressed_attention(q, k, v, grid, layer.ratio, temperature=layer.temperature))
 
 
@@ -53,11 +48,12 @@ def kv_compressed_joint(layer: KVCompression, image: torch.Tensor, text: torch.T
                         backend: str = "auto") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(image rows [B, N_I, C], text rows [B, N_T, C] or None) before the output projections."""
     num_text = text.shape[1]
-    q = torch.cat([_heads(text_proj.query, text, heads, text_proj.norm_query),
-                   _heads(image_proj.query, image, heads, image_proj.norm_query)], dim=2)
-    k = torch.cat([_heads(text_proj.key, text, heads, text_proj.norm_key),
-                   _heads(image_proj.key, image, heads, image_proj.norm_key)], dim=2)
-    v = torch.cat([_heads(text_proj.value, text, heads), _heads(image_proj.value, image, heads)], dim=2)
+    q = torch.cat([projected_heads(text_proj.query, text, heads, text_proj.norm_query),
+                   projected_heads(image_proj.query, image, heads, image_proj.norm_query)], dim=2)
+    k = torch.cat([projected_heads(text_proj.key, text, heads, text_proj.norm_key),
+                   projected_heads(image_proj.key, image, heads, image_proj.norm_key)], dim=2)
+    v = torch.cat([projected_heads(text_proj.value, text, heads),
+                   projected_heads(image_proj.value, image, heads)], dim=2)
     out = kv_compressed_joint_attention(q, k, v, grid, layer.ratio, num_text=num_text, text_first=True,
                                         image_rows_only=image_rows_only, temperature=layer.temperature)
     if image_rows_only:

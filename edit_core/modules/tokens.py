@@ -29,6 +29,12 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
+def projected_heads(project, x: torch.Tensor, heads: int, norm=None) -> torch.Tensor:
+    """``project(x)`` [B, N, H·D] → [B, H, N, D], then the per-head ``norm`` (e.g. SD3's RMS qk-norm) if any."""
+    t = split_heads(project(x), heads)
+    return t if norm is None else norm(t)
+
+
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B, H, N, D] → [B, N, H·D]."""
     b, h, n, d = x.shape
