@@ -402,6 +402,16 @@ COL_OUTPUT_1024, COL_OUTPUT_TILED = 1590, 2140
 TOP = 60
 
 
+def _standard_model(g: Graph, family: str):
+    """The family's standard model loader (PixArt-Σ: Load Diffusion Model; SD3.5-M: Load Checkpoint) and its
+    MODEL output."""
+    if family == "pixart":
+        loader = g.add("UNETLoader", (COL_LOADERS, TOP), unet_name=PIXART_MODEL, weight_dtype="default")
+        return loader, loader[0]
+    loader = g.add("CheckpointLoaderSimple", (COL_LOADERS, TOP), ckpt_name=SD35M_CHECKPOINT)
+    return loader, loader.out("MODEL")
+
+
 def base_chain(g: Graph, family: str, *, checkpoint: bool = False,
                training_free: bool = False) -> tuple[Chain, list[Node]]:
     """Loaders, EDiT (an adapter, or with ``training_free`` Apply Training-free Fast Attention), prompts and the
@@ -410,12 +420,7 @@ def base_chain(g: Graph, family: str, *, checkpoint: bool = False,
     first = len(g.nodes)
     prompts_y = TOP + 240
     if training_free:  # no adapter: the standard model through the training-free node
-        if family == "pixart":
-            loader = g.add("UNETLoader", (COL_LOADERS, TOP), unet_name=PIXART_MODEL, weight_dtype="default")
-            model_out = loader[0]
-        else:
-            loader = g.add("CheckpointLoaderSimple", (COL_LOADERS, TOP), ckpt_name=SD35M_CHECKPOINT)
-            model_out = loader.out("MODEL")
+        loader, model_out = _standard_model(g, family)
         model = g.add("EDiTTrainingFree", (COL_PROMPTS, TOP), model=model_out, ratio=str(FAST_RATIO))[0]
         below, prompts_y = TOP + 140, TOP + 270
     elif checkpoint:
@@ -423,12 +428,7 @@ def base_chain(g: Graph, family: str, *, checkpoint: bool = False,
                       ckpt_name=PIXART_EDIT_CHECKPOINT)[0]
         below = TOP + 160
     else:
-        if family == "pixart":
-            loader = g.add("UNETLoader", (COL_LOADERS, TOP), unet_name=PIXART_MODEL, weight_dtype="default")
-            model_out = loader[0]
-        else:
-            loader = g.add("CheckpointLoaderSimple", (COL_LOADERS, TOP), ckpt_name=SD35M_CHECKPOINT)
-            model_out = loader.out("MODEL")
+        loader, model_out = _standard_model(g, family)
         adapter = g.add("EDiTAdapterLoader", (COL_LOADERS, TOP + 160),
                         adapter_name=PIXART_ADAPTER if family == "pixart" else SD35M_ADAPTER)
         model = g.add("EDiTApply", (COL_PROMPTS, TOP), model=model_out, adapter=adapter[0], backend="auto",
