@@ -274,7 +274,7 @@ class Trainer:
         c, w, step = self.config, self.weights, self.step
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = {"loss": 0.0, "loss_feature": 0.0, "loss_kd": 0.0, "loss_task": 0.0}
         resolution = latent = None
         for micro in range(c.grad_accum):

@@ -177,6 +177,15 @@ def report_lines(result: dict) -> list[str]:
                 lines.append(f"| {name} | {row['kind']} | {row['output_error']:.4f} | "
                              f"{res['teacher_loss']:.4f} → {row['student_loss']:.4f} | {layer_text} | "
                              f"{row['sample_error']:.3f} | {tensors} | {minutes} |")
+            by_t = [row for row in res["rows"] if row.get("error_by_t")]
+            if by_t:
+                ranges = list(by_t[0]["error_by_t"])
+                lines += ["", "Output error by timestep (t in the model's units; 0 is the cleanest input):", "",
+                          "| student | kind | " + " | ".join(f"t {r}" for r in ranges) + " |",
+                          "|---|---|" + "---|" * len(ranges)]
+                for row in by_t:
+                    lines.append(f"| {row['variant']} | {row['kind']} | "
+                                 + " | ".join(f"{row['error_by_t'].get(r, float('nan')):.4f}" for r in ranges) + " |")
             curves = [row for row in res["rows"] if row.get("curve")]
             if curves:
                 steps = [s for s, _ in curves[0]["curve"]]

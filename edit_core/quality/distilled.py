@@ -10,6 +10,7 @@ the training data: random crops of the photos the teacher itself was trained on 
 Each student is then measured on the teacher's held-out noisy crops, timesteps spread over the whole range:
 
 - ``output_error``: ‖student − teacher‖ / ‖teacher‖ of the model output (the task half: ε, or the velocity);
+  ``error_by_t``: the same for the items in each quarter of the timestep range;
 - ``student_loss`` next to ``teacher_loss``: the denoising loss against the true target;
 - ``layer_errors``: each converted layer's attention output (after the output projection) vs the teacher's on
   the same layer input (a teacher-forced pass), relative;
@@ -140,6 +141,21 @@ def distill(family: str, variant: str, budget: Budget, folder: str, paths: dict,
 
 # ---------------------------------------------------------------------------------------------- measuring
 
+T_RANGES = ((0, 250), (250, 500), (500, 750), (750, 1000))
+"""Timestep ranges for ``error_by_timestep``, in the models' units (PixArt's DDPM step, SD3's 1000σ)."""
+
+
+def error_by_timestep(prediction: torch.Tensor, reference: torch.Tensor, timesteps: torch.Tensor) -> dict[str, float]:
+    """The output error of the items in each of ``T_RANGES`` ("0–250": …), where the error concentrates."""
+    t = timesteps.double().reshape(-1)
+    out = {}
+    for lo, hi in T_RANGES:
+        rows = (t >= lo) & ((t < hi) if hi < 1000 else (t <= hi))
+        if bool(rows.any()):
+            out[f"{lo}–{hi}"] = relative_error(prediction[rows], reference[rows])
+    return out
+
+
 @torch.no_grad()
 def layer_errors(teacher, adapter, heldout: dict, family: str, items: int) -> dict[str, float]:
     """Each converted layer's attention output vs the teacher's on the same layer input (teacher-forced)."""
@@ -163,6 +179,7 @@ def measure(teacher, student, adapter, family: str, heldout: dict, reference: to
     prediction = predict(student, heldout, family, items=budget.items)
     target = heldout["target"][:budget.items]
     row = {"output_error": relative_error(prediction, reference),
+           "error_by_t": error_by_timestep(prediction, reference, heldout["timestep"][:budget.items]),
            "student_loss": float(torch.mean((prediction - target) ** 2))}
     if adapter is not None:
         row["layer_errors"] = layer_errors(teacher, adapter, heldout, family, budget.items)
@@ -220,5 +237,5 @@ def evaluate(family: str, budget: Budget = Budget(), *, variants: Optional[list[
     return result
 
 
-__all__ = ["Budget", "QUICK", "CROP_SEED", "TEACHER_ARGS", "distillable", "distill_argv", "evaluate",
-           "layer_errors", "write_inputs"]
+__all__ = ["Budget", "QUICK", "CROP_SEED", "TEACHER_ARGS", "T_RANGES", "distillable", "distill_argv", "evaluate",
+           "error_by_timestep", "layer_errors", "write_inputs"]

@@ -109,3 +109,22 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     other = make_trainer(tmp_path, seed=1)
     with pytest.raises(DistillError, match="seed"):
         other.run(resume=True)
+
+
+def test_a_param_group_lr_scale_multiplies_the_schedules_rate(tmp_path):
+    """``lr_scale`` on an optimizer group (used by tools/recipe_ablation.py --new-lr-scale) scales that group's
+    rate every step; scale 0 freezes the group while the rest trains."""
+    model, data = teacher_and_data("pixart_sigma", items=4)
+    host = DiffusersDistillHost(model)
+    config = DistillConfig(steps=2, batch_size=2, lr=1e-2, checkpoint_every=0, log_every=1, uncond_prob=0)
+    trainer = Trainer(host, [data], stage_plan(2, [128]), schedule_for("pixart_sigma"), config, work_dir=str(tmp_path))
+    frozen = {k: p for k, p in trainer.params.items() if "key_compressor" in k}
+    rest = {k: p for k, p in trainer.params.items() if k not in frozen}
+    assert frozen and rest
+    trainer.optimizer = torch.optim.AdamW([{"params": list(rest.values())},
+                                           {"params": list(frozen.values()), "lr_scale": 0.0}], lr=config.lr)
+    before = {k: p.detach().clone() for k, p in trainer.params.items()}
+    trainer.run()
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-2, 0.0]
+    assert all(torch.equal(p, before[k]) for k, p in frozen.items())
+    assert any(not torch.equal(p, before[k]) for k, p in rest.items())

@@ -53,6 +53,21 @@ def test_quick_run_measures_each_student(quick_report):
     assert [s for s, _ in edit["curve"]] == [distilled.QUICK.steps]
     assert set(edit["layer_errors"]) == {f"blocks.{i}.attn" for i in range(4)}
     assert sana["trained_tensors"] > 0  # sana has no tensors of its own: these are its trained projections
+    for row in rows:  # the 4 quick items' stratified timesteps fall one in each quarter
+        assert list(row["error_by_t"]) == ["0–250", "250–500", "500–750", "750–1000"]
+        assert all(0 <= e < 2 for e in row["error_by_t"].values())
+
+
+def test_error_by_timestep_splits_items_by_their_timestep():
+    import torch
+
+    reference = torch.ones(5, 2, 3, 3)
+    prediction = reference.clone()
+    prediction[0] += 0.5  # t = 10: error 0.5 in the first range only
+    prediction[4] -= 0.25  # t = 1000 (SD3's end point) belongs to the last range
+    got = distilled.error_by_timestep(prediction, reference, torch.tensor([10, 260, 600, 999.5, 1000]))
+    assert got == pytest.approx({"0–250": 0.5, "250–500": 0.0, "500–750": 0.0, "750–1000": 0.25 / 2 ** 0.5})
+    assert list(distilled.error_by_timestep(prediction[:1], reference[:1], torch.tensor([3]))) == ["0–250"]
 
 
 def test_families_merge_into_one_report_and_picture(quick_report):
@@ -62,5 +77,6 @@ def test_families_merge_into_one_report_and_picture(quick_report):
     assert [r["variant"] for r in merged["distilled"]["sd35_medium"]["rows"]] == ["mm_edit", "kv_pool", "mm_linear"]
     text = open(os.path.join(out, "QUALITY.md"), encoding="utf-8").read()
     assert "--quick run" in text and "| **edit** (default) | distilled |" in text and "mm_linear" in text
+    assert "| student | kind | t 0–250 | t 250–500 | t 500–750 | t 750–1000 |" in text
     with open(os.path.join(out, "quality.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
