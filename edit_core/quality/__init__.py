@@ -138,8 +138,11 @@ def _with_samples(result: dict) -> list[dict]:
 def report_lines(result: dict) -> list[str]:
     from ..families import get_family
 
+    steps = sorted({res["budget"]["steps"] for res in result["distilled"].values()})
+    budget = f" --steps {steps[0]}" if len(steps) == 1 and steps[0] != distilled.Budget().steps else ""
+    budget = " --quick" if result["quick"] else budget
     lines = ["# Quality against trained tiny teachers", "",
-             f"Regenerate: `python -m edit_core quality --out bench` (both parts, both teachers; "
+             f"Regenerate: `python -m edit_core quality --out bench{budget}` (both parts, both teachers; "
              f"`--families`, `--parts`, `--steps` to run less). "
              f"{'This is a --quick run: its numbers mean nothing. ' if result['quick'] else ''}"
              "Teachers: `edit_core/data/tiny_teachers/` (PixArt-Σ and SD3.5-M layouts trained on CPU on crops of "

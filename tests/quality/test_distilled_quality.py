@@ -78,5 +78,18 @@ def test_families_merge_into_one_report_and_picture(quick_report):
     text = open(os.path.join(out, "QUALITY.md"), encoding="utf-8").read()
     assert "--quick run" in text and "| **edit** (default) | distilled |" in text and "mm_linear" in text
     assert "| student | kind | t 0–250 | t 250–500 | t 500–750 | t 750–1000 |" in text
+    assert "quality --out bench --quick`" in text  # the command that made these numbers
     with open(os.path.join(out, "quality.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_regenerate_line_names_the_budget_that_made_the_numbers(quick_report):
+    out, _ = quick_report
+    result = json.load(open(os.path.join(out, "quality.json")))
+    result["quick"] = False
+    for res in result["distilled"].values():
+        res["budget"]["steps"] = 200
+    assert "`python -m edit_core quality --out bench --steps 200`" in "\n".join(quality.report_lines(result))
+    for res in result["distilled"].values():
+        res["budget"]["steps"] = distilled.Budget().steps
+    assert "`python -m edit_core quality --out bench`" in "\n".join(quality.report_lines(result))
