@@ -22,6 +22,8 @@ the linear students lack:
     --probe local-dwc3 / local-dwc5   EDiT plus a zero-initialised k×k depthwise conv of the full-resolution
                                       values added to the attention output (a local path, as FLatten's DWC)
     --probe focus3                    EDiT with focused ReLU features, φ(x) = ‖r‖·r³/‖r³‖, r = ReLU(x)
+    --probe key-map                   EDiT plus LinFusion's learned key mapping: K = ReLU(DWConv(W_k(x + f_k(x))))
+                                      with f_k = Linear → LayerNorm → LeakyReLU → Linear (zero-initialised)
     --whole-model                     a plain KD loop (output MSE only) that trains every weight of the student,
                                       next to ``--whole-model --attention-only`` (the same loop, attention only)
 
@@ -44,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-PROBES = ("local-dwc3", "local-dwc5", "focus3")
+PROBES = ("local-dwc3", "local-dwc5", "focus3", "key-map")
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -102,6 +104,38 @@ def register_probes() -> None:
 
     def build_edit(channels, *, reduction=4, dtype=None, device=None, operations=None):
         return EDiTLayerAdapter(channels, reduction, dtype=dtype, device=device, operations=operations)
+
+    from edit_core.modules.baselines import LinFusionLayer
+
+    class KeyMapLayer(EDiTLayerAdapter):
+        def __init__(self, channels, reduction=4, dtype=None, device=None, operations=None):
+            super().__init__(channels, reduction, dtype=dtype, device=device, operations=operations)
+            self.maps = LinFusionLayer(channels, dtype=dtype, device=device, operations=operations)
+            del self.maps.query_map
+
+        @torch.no_grad()
+        def initialize(self, generator=None):
+            super().initialize(generator)
+            m = self.maps.key_map
+            bound = 1.0 / m["fc_in"].weight.shape[1] ** 0.5
+            m["fc_in"].weight.copy_(torch.empty(m["fc_in"].weight.shape).uniform_(-bound, bound, generator=generator))
+            m["fc_in"].bias.copy_(torch.empty(m["fc_in"].bias.shape).uniform_(-bound, bound, generator=generator))
+            m["norm"].weight.fill_(1.0)
+            m["norm"].bias.zero_()
+            m["fc_out"].weight.zero_()
+            m["fc_out"].bias.zero_()
+
+    def key_map_attention(layer, x, grid, proj, heads, *, eps=1e-6, backend="auto"):
+        q = conv_fusion_query(layer, x, grid, proj, heads)
+        k, v = compressed_key_value(layer, proj.key(layer.maps.mapped("key", x)), proj.value(x), grid, heads,
+                                    proj.norm_key)
+        return merge_heads(linear_attention(q, k, v, eps=eps, backend=backend))
+
+    def build_key_map(channels, *, reduction=4, dtype=None, device=None, operations=None):
+        return KeyMapLayer(channels, reduction, dtype, device, operations)
+
+    register_variant(AttentionVariant(name="probe_key_map", title="EDiT + LinFusion's key mapping", joint=False,
+                                      build_layer=build_key_map, self_attention=key_map_attention))
 
     register_variant(AttentionVariant(name="probe_focus3", title="EDiT with focused (p = 3) ReLU features",
                                       joint=False, build_layer=build_edit, self_attention=focus_attention))
