@@ -105,7 +105,7 @@ def register_probes() -> None:
     def build_edit(channels, *, reduction=4, dtype=None, device=None, operations=None):
         return EDiTLayerAdapter(channels, reduction, dtype=dtype, device=device, operations=operations)
 
-    from edit_core.modules.baselines import LinFusionLayer
+    from edit_core.modules.baselines import LinFusionLayer, initialize_mapping
 
     class KeyMapLayer(EDiTLayerAdapter):
         def __init__(self, channels, reduction=4, dtype=None, device=None, operations=None):
@@ -116,14 +116,7 @@ def register_probes() -> None:
         @torch.no_grad()
         def initialize(self, generator=None):
             super().initialize(generator)
-            m = self.maps.key_map
-            bound = 1.0 / m["fc_in"].weight.shape[1] ** 0.5
-            m["fc_in"].weight.copy_(torch.empty(m["fc_in"].weight.shape).uniform_(-bound, bound, generator=generator))
-            m["fc_in"].bias.copy_(torch.empty(m["fc_in"].bias.shape).uniform_(-bound, bound, generator=generator))
-            m["norm"].weight.fill_(1.0)
-            m["norm"].bias.zero_()
-            m["fc_out"].weight.zero_()
-            m["fc_out"].bias.zero_()
+            initialize_mapping(self.maps.key_map, generator)
 
     def key_map_attention(layer, x, grid, proj, heads, *, eps=1e-6, backend="auto"):
         q = conv_fusion_query(layer, x, grid, proj, heads)

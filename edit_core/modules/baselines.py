@@ -88,6 +88,19 @@ def mm_linear_joint_attention(layer: nn.Module, image: torch.Tensor, text: torch
 # ---------------------------------------------------------------------------------------------- linfusion
 
 
+@torch.no_grad()
+def initialize_mapping(m: nn.ModuleDict, generator: Optional[torch.Generator] = None) -> None:
+    """One LinFusion mapping: fc_in Kaiming-uniform (torch's default bound), LayerNorm identity, fc_out zero, so
+    f = 0 at step 0."""
+    bound = 1.0 / m["fc_in"].weight.shape[1] ** 0.5
+    m["fc_in"].weight.copy_(torch.empty(m["fc_in"].weight.shape).uniform_(-bound, bound, generator=generator))
+    m["fc_in"].bias.copy_(torch.empty(m["fc_in"].bias.shape).uniform_(-bound, bound, generator=generator))
+    m["norm"].weight.fill_(1.0)
+    m["norm"].bias.zero_()
+    m["fc_out"].weight.zero_()
+    m["fc_out"].bias.zero_()
+
+
 class LinFusionLayer(nn.Module):
     """LinFusion's per-layer tensors: the query and key mappings f_q, f_k (C → C → C)."""
 
@@ -107,15 +120,8 @@ class LinFusionLayer(nn.Module):
 
     @torch.no_grad()
     def initialize(self, generator: Optional[torch.Generator] = None) -> None:
-        """fc_in Kaiming-uniform (torch's default bound), LayerNorm identity, fc_out zero: f = 0 at step 0."""
         for m in (self.query_map, self.key_map):
-            bound = 1.0 / m["fc_in"].weight.shape[1] ** 0.5
-            m["fc_in"].weight.copy_(torch.empty(m["fc_in"].weight.shape).uniform_(-bound, bound, generator=generator))
-            m["fc_in"].bias.copy_(torch.empty(m["fc_in"].bias.shape).uniform_(-bound, bound, generator=generator))
-            m["norm"].weight.fill_(1.0)
-            m["norm"].bias.zero_()
-            m["fc_out"].weight.zero_()
-            m["fc_out"].bias.zero_()
+            initialize_mapping(m, generator)
 
     def mapped(self, which: str, x: torch.Tensor) -> torch.Tensor:
         m = self.query_map if which == "query" else self.key_map
@@ -213,6 +219,6 @@ def learned_kv_joint_attention(layer: LearnedKVCompression, image: torch.Tensor,
     return image_rows, merge_heads(F.scaled_dot_product_attention(q_text, keys, values))
 
 
-__all__ = ["NoWeights", "LinFusionLayer", "CompressorsOnly", "LearnedKVCompression", "elu_feature",
-           "sana_self_attention", "mm_linear_joint_attention", "linfusion_self_attention",
+__all__ = ["NoWeights", "LinFusionLayer", "initialize_mapping", "CompressorsOnly", "LearnedKVCompression",
+           "elu_feature", "sana_self_attention", "mm_linear_joint_attention", "linfusion_self_attention",
            "edit_no_convfusion_self_attention", "learned_kv_self_attention", "learned_kv_joint_attention"]
