@@ -41,7 +41,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,12 +51,14 @@ PROBES = ("local-dwc3", "local-dwc5", "focus3", "key-map")
 # ---------------------------------------------------------------------------------------------- probes
 
 def register_probes() -> None:
-    """Register the probe variants (``probe_local_dwc3``, ``probe_local_dwc5``, ``probe_focus3``)."""
+    """Register the probe variants (``probe_local_dwc3``, ``probe_local_dwc5``, ``probe_focus3``,
+    ``probe_key_map``)."""
     from edit_core.modules.functional import compressed_key_value, conv_fusion_query
     from edit_core.modules.layer_adapter import EDiTLayerAdapter
-    from edit_core.modules.tokens import grid_to_tokens, merge_heads, split_heads, tokens_to_grid
+    from edit_core.modules.baselines import LinFusionLayer, initialize_mapping
+    from edit_core.modules.tokens import grid_to_tokens, merge_heads, tokens_to_grid
     from edit_core.ops import linear_attention
-    from edit_core.variants import AttentionVariant, list_variants, register_variant
+    from edit_core.variants import AttentionVariant, get_variant, list_variants, register_variant
 
     if "probe_focus3" in list_variants():
         return
@@ -88,24 +89,15 @@ def register_probes() -> None:
         register_variant(AttentionVariant(name=f"probe_local_dwc{kernel}", title=f"EDiT + local DWConv{kernel}(V)",
                                           joint=False, build_layer=build, self_attention=local_value_attention))
 
-    def focus(x, power=3.0, eps=1e-6):
-        r = F.relu(x)
+    def focus(r, power=3.0, eps=1e-6):
+        """Focused features of r = ReLU(x) (EDiT's q and k are already ReLU'd)."""
         rp = r ** power
         return rp * (r.norm(dim=-1, keepdim=True) / (rp.norm(dim=-1, keepdim=True) + eps))
 
     def focus_attention(layer, x, grid, proj, heads, *, eps=1e-6, backend="auto"):
-        q = split_heads(proj.query(layer.conv_fusion(x, grid)), heads)
-        q = q if proj.norm_query is None else proj.norm_query(q)
-        keys, _ = layer.key_compressor(proj.key(x), grid)
-        values, _ = layer.value_compressor(proj.value(x), grid)
-        k = split_heads(keys, heads)
-        k = k if proj.norm_key is None else proj.norm_key(k)
-        return merge_heads(linear_attention(focus(q), focus(k), split_heads(values, heads), eps=eps, backend=backend))
-
-    def build_edit(channels, *, reduction=4, dtype=None, device=None, operations=None):
-        return EDiTLayerAdapter(channels, reduction, dtype=dtype, device=device, operations=operations)
-
-    from edit_core.modules.baselines import LinFusionLayer, initialize_mapping
+        q = conv_fusion_query(layer, x, grid, proj, heads)
+        k, v = compressed_key_value(layer, proj.key(x), proj.value(x), grid, heads, proj.norm_key)
+        return merge_heads(linear_attention(focus(q), focus(k), v, eps=eps, backend=backend))
 
     class KeyMapLayer(EDiTLayerAdapter):
         def __init__(self, channels, reduction=4, dtype=None, device=None, operations=None):
@@ -131,7 +123,8 @@ def register_probes() -> None:
                                       build_layer=build_key_map, self_attention=key_map_attention))
 
     register_variant(AttentionVariant(name="probe_focus3", title="EDiT with focused (p = 3) ReLU features",
-                                      joint=False, build_layer=build_edit, self_attention=focus_attention))
+                                      joint=False, build_layer=get_variant("edit").build_layer,
+                                      self_attention=focus_attention))
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -216,6 +209,7 @@ def main(argv=None) -> int:
 
     from edit_core.integrations.diffusers import apply_edit
     from edit_core.quality.distilled import error_by_timestep
+    from edit_core.quality.training_free import relative_error
     from edit_core.tiny_teachers import load_heldout, load_tiny_teacher, photo_crops, predict
 
     family = "pixart_sigma"
@@ -239,7 +233,7 @@ def main(argv=None) -> int:
     t = heldout["timestep"]
 
     def error(rows):
-        return float((got[rows] - reference[rows]).norm() / reference[rows].norm())
+        return relative_error(got[rows], reference[rows])
 
     quarters = {f"t {span}": round(e, 4) for span, e in error_by_timestep(got, reference, t).items()}
     print(json.dumps({"settings": vars(args), "output_error": error(slice(None)), "t<500": error(t < 500),
